@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from fiat_t5x.data.cot import extract_answer
 from fiat_t5x.inference.beta_outputs import beta_texts
 from fiat_t5x.inference.scoring import resolve_path, score_predictions, write_jsonl, write_metrics
-from fiat_t5x.rationales.cli import read_examples
+from fiat_t5x.rationales.examples import read_examples
 from fiat_t5x.rationales.generate import Example
 from fiat_t5x.rationales.injection import rationale_store
 from fiat_t5x.rationales.prompts import load_prompt

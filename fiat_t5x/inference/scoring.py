@@ -15,6 +15,8 @@ from typing import Any
 
 import seqio
 
+from fiat_t5x.rationales.prompt_files import resolve_path  # noqa: F401 - re-exported
+
 
 def score_predictions(
     task_name: str,
@@ -41,15 +43,6 @@ def score_predictions(
         for name, value in metric_fn(gold, guessed).items():
             results[name] = float(getattr(value, "value", value))
     return results
-
-
-def resolve_path(path: str) -> str:
-    """`path` as given when it exists, else relative to the repository (gin files name
-    `gin/fiat/itau/...` relative to the checkout, wherever the command runs)."""
-    if os.path.exists(path):
-        return path
-    candidate = os.path.join(os.path.dirname(__file__), "..", "..", path)
-    return os.path.normpath(candidate) if os.path.exists(candidate) else path
 
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:

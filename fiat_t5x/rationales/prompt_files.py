@@ -7,6 +7,7 @@ differ, the reading, the key checks and the errors that name file and field do n
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
@@ -63,3 +64,12 @@ def pick_task(
     if task not in entries:
         raise error(f"{path} has no {kind} for task {task!r}; it defines {sorted(entries)}")
     return entries[task]
+
+
+def resolve_path(path: str) -> str:
+    """`path` as given when it exists, else relative to the repository (gin files name
+    `gin/fiat/itau/...` relative to the checkout, wherever the command runs)."""
+    if os.path.exists(path):
+        return path
+    candidate = os.path.join(os.path.dirname(__file__), "..", "..", path)
+    return os.path.normpath(candidate) if os.path.exists(candidate) else path

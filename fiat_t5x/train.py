@@ -29,6 +29,9 @@ from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import LoopHooks, Trainer, train_loop
 
+# A start-up check: (MODEL_DIR, the dataset configs the run reads) -> None, raising to refuse.
+StartCheck = Callable[[str, Sequence[data_lib.DatasetConfig]], None]
+
 REQUIRED_MACROS = (
     "MODEL_DIR",
     "MIXTURE_OR_TASK_NAME",
@@ -82,12 +85,20 @@ def train(
     keep_checkpoints: int | None = 3,
     log_period: int = 10,
     peak_flops_per_device: float | None = None,
+    start_checks: Sequence[StartCheck] = (),
 ) -> TrainResult:
-    """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible)."""
+    """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible).
+
+    `start_checks` run before anything is built or trained, each as `check(model_dir,
+    datasets_read)` (e.g. `rationales.run_checks.RationaleChecks`: the rationale store).
+    """
     check_task(train_dataset_cfg)
     if eval_dataset_cfg is not None:
         check_task(eval_dataset_cfg)
     model_dir = os.path.abspath(model_dir)
+    evaluates = eval_dataset_cfg is not None and eval_period
+    for check in start_checks:
+        check(model_dir, [train_dataset_cfg, *([eval_dataset_cfg] if evaluates else [])])
     gin_cli.write_config(model_dir)
     learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
     partitioner = partitioner or Partitioner()

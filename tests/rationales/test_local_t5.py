@@ -4,6 +4,8 @@ writes its rationales with local token counts."""
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from fiat_t5x.rationales.store import RationaleStore
 from .helpers import write_ibeta
 
 DECODE = 8
+GIN = pathlib.Path(__file__).resolve().parents[2] / "gin"
 
 
 class Bytes:
@@ -109,7 +112,7 @@ def test_gin_built_checkpoint_provider_loads_on_first_use(shared_dir, tmp_path):
     checkpoint = shared_dir / "fixtures" / "t5x_tiny_checkpoint" / "legacy" / "checkpoint_1000"
     gin.clear_config()
     gin.parse_config_files_and_bindings(
-        ["gin/runs/rationales.gin", "gin/fiat/beta/local_t5.gin"],
+        [str(GIN / "runs" / "rationales.gin"), str(GIN / "fiat" / "beta" / "local_t5.gin")],
         [
             f"BETA_CHECKPOINT = '{checkpoint}'",
             "BETA_VOCABULARY = 'byte'",

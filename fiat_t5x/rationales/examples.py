@@ -43,7 +43,8 @@ def _seqio_examples(task: str, split: str, id_field: str, limit: int | None) -> 
         ) from None
     if split not in seqio_task.source.splits:
         raise UsageError(
-            f"SeqIO task {task!r} has no split {split!r}; it has {list(seqio_task.source.splits)}"
+            f"SeqIO task {task!r} has no split {split!r}; it has {list(seqio_task.source.splits)} "
+            "(generation: set RATIONALE_SPLITS or --split to the splits it has)"
         )
     dataset = seqio_task.source.get_dataset(split=split, shuffle=False)
     if limit is not None:

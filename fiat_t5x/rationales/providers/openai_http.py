@@ -305,8 +305,8 @@ class OpenAIProvider(Provider):
         if name and not key:
             raise ProviderConfigError(
                 f"openai_http.OpenAIProvider.api_key_env names the environment variable "
-                f"{name!r}, which is not set or empty; export it, or bind api_key_env='' for a "
-                "server without keys"
+                f"{name!r}, which is not set or empty; export it, or for a server without keys "
+                "set BETA_API_KEY_ENV='' (--api_key_env '')"
             )
         self._key = Secret(key) if key else None
         self._key_loaded = True

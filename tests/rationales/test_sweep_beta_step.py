@@ -9,6 +9,8 @@ import dataclasses
 import json
 import pathlib
 
+import pytest
+
 from fiat_t5x.rationales.store import RationaleStore
 from fiat_t5x.sweeps.runner import SweepRunner
 from fiat_t5x.sweeps.spec import load_sweep
@@ -50,6 +52,7 @@ def write_xor_attriqa(root: pathlib.Path) -> dict[str, int]:
     return {"train": 10, "validation": 5, "test": 5}
 
 
+@pytest.mark.slow
 def test_the_ablation_sweep_generates_rationales_first(tmp_path):
     sizes = write_xor_attriqa(tmp_path / "in-language")
     sweep = load_sweep(REPO / "gin" / "sweeps" / "fiat_ablations.yaml")

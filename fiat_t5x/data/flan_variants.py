@@ -217,6 +217,12 @@ class RegisteredVariant:
     vocabulary: seqio.Vocabulary
     add_eos: bool
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the task's vocabulary (UTF-8 bytes for ByteVocabulary)."""
+        if isinstance(self.vocabulary, seqio.ByteVocabulary):
+            return len(text.encode("utf-8"))
+        return len(self.vocabulary.encode(text))
+
     def render(
         self,
         rows: Sequence[Mapping[str, object]],
@@ -232,7 +238,7 @@ class RegisteredVariant:
             rows,
             seeds,
             pool_rows=self.pool.rows() if few_shot else (),
-            count_tokens=lambda text: len(self.vocabulary.encode(text)),
+            count_tokens=self.count_tokens,
             budget=budget if few_shot else None,
         )
 

@@ -81,7 +81,7 @@ class Marker:
     prefixes: tuple[str, ...]
     name: str
 
-    @property
+    @functools.cached_property
     def distinct(self) -> bool:
         """Counters label each item differently (so the answer can be its label)."""
         return len({p.strip() for p in self.prefixes}) == len(self.prefixes)

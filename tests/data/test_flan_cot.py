@@ -26,7 +26,6 @@ from fiat_t5x.data.flan_variants import (
     COT_VARIANTS,
     DIRECT_VARIANTS,
     INVERTED_VARIANTS,
-    few_shot_drops,
     load_split_rows,
     registered_variant,
 )
@@ -62,12 +61,16 @@ def train_rows(registration):
 
 @pytest.fixture(scope="module")
 def rendered(registration, train_rows):
-    """(dataset, variant) -> [(row, Rendered)] for the first ROWS train rows, seeds (7, i)."""
+    """(dataset, variant) -> [(row, Rendered)] for the first train rows, seeds (7, i).
+
+    ROWS rows for the CoT and inverted variants (the statistics), fewer for the optional
+    direct-answer ones (checked for their choices only).
+    """
     out = {}
     for dataset, names in registration.tasks.items():
-        rows = train_rows[dataset][:ROWS]
-        seeds = np.stack([np.full(len(rows), 7), np.arange(len(rows))], axis=1)
         for variant, name in names.items():
+            rows = train_rows[dataset][: ROWS if variant not in DIRECT_VARIANTS else ROWS // 3]
+            seeds = np.stack([np.full(len(rows), 7), np.arange(len(rows))], axis=1)
             results = registered_variant(name).render(rows, seeds, INPUTS_LENGTH)
             out[dataset, variant] = list(zip(rows, results, strict=True))
     return out
@@ -165,7 +168,7 @@ def test_multiple_choice_questions_keep_their_choices_in_every_variant(registrat
             if "{question}" in template.targets:
                 assert row["question"] in r.targets  # the inverted target keeps the choices
         checked[variant] += 1
-    assert set(checked) == set(every) and min(checked.values()) > 500
+    assert set(checked) == set(every) and min(checked.values()) > 150
 
 
 def test_few_shot_shares_match_flans_distributions(registration, rendered):
@@ -283,32 +286,36 @@ def test_examples_without_a_fitting_exemplar_are_dropped_and_counted(registratio
         assert ex["format_seed"].tolist() == seeds[i].tolist()
         assert ex["inputs_pretokenized"].decode() == r.inputs and ex["num_exemplars"] >= 1
         assert len(ex["inputs"]) <= lengths["inputs"]  # fits: never truncated
-    # Counted: the report function and the CLI give the train split's count.
-    count, total = few_shot_drops(name, 300)
-    assert total == len(train_rows["gsm8k"]) and count > 0.9 * total
+    # Counted: `fiat-t5x mixture-rates --inputs-length` reports the train split's drops.
     out = io.StringIO()
     mixtures.register_rates_mixture("tcot_drops", {name: 1.0}, overwrite=True)
     with contextlib.redirect_stdout(out):
         code = mixture_rates.main(
-            ["tcot_drops", "--inputs-length", "300", "--module", "fiat_tasks.flan_cot"]
+            ["tcot_drops", "--json", "--inputs-length", "300", "--module", "fiat_tasks.flan_cot"]
         )
-    assert code == 0 and f"{count}/{total}" in out.getvalue()
+    assert code == 0
+    count = json.loads(out.getvalue())["few_shot_drops"][name]
+    assert count["total"] == len(train_rows["gsm8k"]) and count["dropped"] > 0.9 * count["total"]
 
 
-@pytest.mark.parametrize("dataset", ["aqua", "gsm8k", "sensemaking"])
-def test_graph_renders_like_python_in_every_variant(registration, train_rows, dataset):
-    rows = {row["id"]: row for row in train_rows[dataset]}
+# One SeqIO pipeline per behaviour: lettered options (aqua) in each CoT kind, an inversion, the
+# no-options and few-shot direct forms, options made of whole sentences (sensemaking).
+GRAPH_CASES = [
+    ("aqua", "cot_zs"),
+    ("aqua", "cot_fs"),
+    ("aqua", "cot_fs_mix"),
+    ("aqua", "inverted_fs_mix"),
+    ("aqua", "zsnoopt"),
+    ("aqua", "fsopt"),
+    ("sensemaking", "cot_zs"),
+]
+
+
+def test_graph_renders_like_python(registration, train_rows):
     lengths = {"inputs": INPUTS_LENGTH, "targets": 512}
-    variants = (
-        registration.tasks[dataset]
-        if dataset == "aqua"
-        else {
-            v: n
-            for v, n in registration.tasks[dataset].items()
-            if v in ("cot_zs", "cot_fs_mix", "inverted_fs")
-        }
-    )
-    for name in variants.values():
+    for dataset, variant in GRAPH_CASES:
+        rows = {row["id"]: row for row in train_rows[dataset]}
+        name = registration.tasks[dataset][variant]
         ds = seqio.get_mixture_or_task(name).get_dataset(
             lengths, split="train", shuffle=False, seed=5
         )
@@ -316,7 +323,7 @@ def test_graph_renders_like_python_in_every_variant(registration, train_rows, da
             r = registered_variant(name).render(
                 [rows[ex["id"].decode()]], ex["format_seed"][None], lengths["inputs"]
             )[0]
-            assert ex["inputs_pretokenized"].decode() == r.inputs, (name, ex["inputs_pretokenized"])
+            assert ex["inputs_pretokenized"].decode() == r.inputs, name
             assert ex["targets_pretokenized"].decode() == r.targets, name
             for key, value in r.choices.items():
                 assert int(ex[key]) == value, (name, key)
@@ -337,7 +344,7 @@ def test_formatting_is_after_the_cache_point_and_seeded(registration):
         ds = task.get_dataset(None, split="train", shuffle=False, seed=seed)
         return [
             (ex["template_index"], ex["options_format"], ex["answer_form"])
-            for ex in ds.take(40).as_numpy_iterator()
+            for ex in ds.take(20).as_numpy_iterator()
         ]
 
     assert choices(11) == choices(11)
@@ -416,7 +423,7 @@ def test_sampled_frequencies_match_printed_rates(registration):
         assert mixture_rates.main(["tcot_stat", "--json", "--module", "fiat_tasks.flan_cot"]) == 0
     printed = json.loads(out.getvalue())
     assert len(printed) == 8 and math.isclose(sum(printed.values()), 1.0)
-    draws = 3000
+    draws = 2000
     ds = seqio.get_mixture_or_task("tcot_stat").get_dataset(
         None, split="train", seed=3, passthrough_features=["task"]
     )

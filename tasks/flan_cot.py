@@ -512,7 +512,7 @@ def register_flan_cot(
         direct_mixture = mixtures.register_collection_mixture(
             f"{prefix}_direct",
             counts,
-            prompt_settings=FLAN_DIRECT_SETTINGS,
+            prompt_settings=mixtures.FLAN_PROMPT_SETTINGS,
             inverted_rate=None,
             **common,
         )
@@ -527,18 +527,6 @@ def register_flan_cot(
         specs=specs,
         train_counts=counts,
     )
-
-
-# Flan's direct-answer shape: zero-/few-shot x options/no options equally; few-shot split
-# between the same-template and the mixed-templates kinds.
-FLAN_DIRECT_SETTINGS: Mapping[str, float] = {
-    "zsopt": 0.25,
-    "zsnoopt": 0.25,
-    "fsopt": 0.125,
-    "fsopt_mix": 0.125,
-    "fsnoopt": 0.125,
-    "fsnoopt_mix": 0.125,
-}
 
 
 if os.environ.get(DATA_DIR_ENV):

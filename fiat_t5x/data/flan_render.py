@@ -89,6 +89,19 @@ def _tile(values: tf.Tensor, count: int) -> tf.Tensor:
     return tf.repeat(values[:, None], count, axis=1)
 
 
+def check_pool_size(spec, formatting: VariantFormatting, pool_size: int) -> None:
+    """Exemplars are drawn without repeats and never the example itself: the pool must be larger
+    than the number drawn (25 candidates, or 5 mixed shots)."""
+    fs = spec.few_shot
+    drawn = fs.candidates if formatting.few_shot == SAME_TEMPLATE else fs.mixed_shots
+    if pool_size <= drawn:
+        raise ValueError(
+            f"task {spec.name!r}: the {spec.exemplar_split!r} split has {pool_size} examples, too "
+            f"few to draw {drawn} exemplars that exclude the example itself; use more data or "
+            "lower FewShotConfig.candidates / mixed_shots"
+        )
+
+
 def draw_choices(
     spec, formatting: VariantFormatting, ids: tf.Tensor, seeds: tf.Tensor, pool_ids=None
 ) -> dict[str, tf.Tensor]:
@@ -108,36 +121,36 @@ def draw_choices(
       `exemplar_prefixes` ([N, max_shots]).
     """
     texts = seed_text(seeds)
-    ids = tf.strings.join([formatting.name + ":", ids])
+    keys = tf.strings.join([formatting.name + ":", ids])  # salted: variants draw independently
     num_templates = len(formatting.templates)
     allowed = tf.constant(formatting.prefixes_allowed)
     space = spec.options_space
     fs = spec.few_shot
 
-    def prefixes_for(keys, seed_texts, templates):
-        drawn = weighted_choice(keys, seed_texts, "prefixes", [p.weight for p in fs.prefixes])
+    def prefixes_for(draw_keys, seed_texts, templates):
+        drawn = weighted_choice(draw_keys, seed_texts, "prefixes", [p.weight for p in fs.prefixes])
         return tf.where(tf.gather(allowed, templates), drawn, 0)
 
-    template = hashed_choice(ids, texts, "template", num_templates)
+    template = hashed_choice(keys, texts, "template", num_templates)
     out = {
         "template_index": template,
-        "options_format": space.draw(ids, texts),
-        "answer_form": hashed_choice(ids, texts, "answer_form", len(cot_lib.ANSWER_FORMS)),
+        "options_format": space.draw(keys, texts),
+        "answer_form": hashed_choice(keys, texts, "answer_form", len(cot_lib.ANSWER_FORMS)),
     }
     if formatting.few_shot is None:
         return out
     if pool_ids is None:
         raise ValueError("few-shot choices need the exemplar pool's ids")
     pool_size = int(pool_ids.shape[0])
-    delimiters = weighted_choice(ids, texts, "delimiters", [d.weight for d in fs.delimiters])
+    delimiters = weighted_choice(keys, texts, "delimiters", [d.weight for d in fs.delimiters])
     out["delimiters"] = delimiters
-    out["prefixes"] = prefixes_for(ids, texts, template)
-    start = hashed_choice(ids, texts, "exemplars", pool_size)
+    out["prefixes"] = prefixes_for(keys, texts, template)
+    start = hashed_choice(keys, texts, "exemplars", pool_size)
     shots = fs.max_shots(formatting.few_shot)
     if formatting.few_shot == SAME_TEMPLATE:
         candidates = choose_exemplars(pool_ids, ids, start, fs.candidates)  # [N, C]
         candidate_templates = hashed_choice(
-            _keys(ids, fs.candidates),
+            _keys(keys, fs.candidates),
             _tile(texts, fs.candidates),
             "candidate_template",
             num_templates,
@@ -152,20 +165,20 @@ def draw_choices(
         out["exemplar_prefixes"] = _tile(out["prefixes"], shots)
         out["separator"] = tf.fill(tf.shape(template), NO_CHOICE)
     else:
-        keys, key_texts = _keys(ids, shots), _tile(texts, shots)
-        templates = hashed_choice(keys, key_texts, "template", num_templates)
+        slots, slot_texts = _keys(keys, shots), _tile(texts, shots)
+        templates = hashed_choice(slots, slot_texts, "template", num_templates)
         out["num_shots"] = tf.fill(tf.shape(template), shots)
         out["exemplar_index"] = choose_exemplars(pool_ids, ids, start, shots)
         out["exemplar_template"] = templates
         out["exemplar_answer_form"] = hashed_choice(
-            keys, key_texts, "answer_form", len(cot_lib.ANSWER_FORMS)
+            slots, slot_texts, "answer_form", len(cot_lib.ANSWER_FORMS)
         )
         out["exemplar_delimiters"] = weighted_choice(
-            keys, key_texts, "delimiters", [d.weight for d in fs.delimiters]
+            slots, slot_texts, "delimiters", [d.weight for d in fs.delimiters]
         )
-        out["exemplar_prefixes"] = prefixes_for(keys, key_texts, templates)
-        out["separator"] = hashed_choice(ids, texts, "separator", len(fs.mixed_separators))
-    out["exemplar_options_format"] = space.draw(_keys(ids, shots), _tile(texts, shots))
+        out["exemplar_prefixes"] = prefixes_for(slots, slot_texts, templates)
+        out["separator"] = hashed_choice(keys, texts, "separator", len(fs.mixed_separators))
+    out["exemplar_options_format"] = space.draw(_keys(keys, shots), _tile(texts, shots))
     return out
 
 
@@ -236,6 +249,7 @@ def render_rows(
     ids = tf.constant([str(r[spec.id_field]) for r in rows], tf.string, shape=[len(rows)])
     pool_ids = None
     if formatting.few_shot is not None:
+        check_pool_size(spec, formatting, len(pool_rows))
         pool_ids = tf.constant([str(r[spec.id_field]) for r in pool_rows], tf.string)
     choices = {
         k: v.numpy()
@@ -369,11 +383,8 @@ def format_dataset(
     if budget is not None:
         count_tokens = lambda text: tf.size(vocabulary.encode_tf(text), out_type=tf.int32)  # noqa: E731
     pool_tensors = pool.tensors() if few_shot else None
-    if few_shot and pool.size() <= fs.max_shots(few_shot) + 1:
-        raise ValueError(
-            f"task {spec.name!r}: the {spec.exemplar_split!r} split has {pool.size()} examples, "
-            f"too few for {fs.max_shots(few_shot)} shots that exclude the example itself"
-        )
+    if few_shot:
+        check_pool_size(spec, formatting, pool.size())
     delimiter_table = {
         "x_y": tf.constant([d.x_y_delimiter for d in fs.delimiters]),
         "separator": tf.constant([d.example_separator for d in fs.delimiters]),

@@ -20,12 +20,15 @@ import seqio
 
 logger = logging.getLogger(__name__)
 
-# Flan 2022's prompt settings: equal shares of zero-/few-shot with and without options.
+# Flan 2022's prompt settings: equal shares of zero-/few-shot with and without options; the
+# few-shot share split between its two kinds (same template, mixed templates).
 FLAN_PROMPT_SETTINGS: Mapping[str, float] = {
     "zsopt": 0.25,
     "zsnoopt": 0.25,
-    "fsopt": 0.25,
-    "fsnoopt": 0.25,
+    "fsopt": 0.125,
+    "fsopt_mix": 0.125,
+    "fsnoopt": 0.125,
+    "fsnoopt_mix": 0.125,
 }
 DEFAULT_INVERTED_RATE = 0.3
 INVERTED_ZERO_SHOT: Mapping[str, float] = {"inverted": 1.0}

@@ -131,13 +131,15 @@ def test_registered_names_and_shape(registration, data_dir):
 
 
 def test_no_rendered_prompt_doubles_a_prefix(registration, rendered):
-    """Few-shot labels are never stacked on templates that label their own parts."""
+    """Few-shot labels are never stacked on templates that label their own parts (and an
+    example is never its own exemplar)."""
     few_shot = [v for v in registration.tasks["aqua"] if "fs" in v]
     doubled = re.compile(r"(?m)^([A-Za-z\[\]#*]{1,14}:) *\1")  # "Q: Q: ...", "A: A: ..."
     checked = 0
-    for dataset, variant, _, r in kept(rendered, few_shot):
+    for dataset, variant, row, r in kept(rendered, few_shot):
         formatting = registered_variant(f"{PREFIX}_{dataset}_{variant}").formatting
         assert not doubled.search(r.inputs), (dataset, variant, r.inputs)
+        assert row["id"] not in r.exemplar_ids  # never its own exemplar
         if PREFIXES[r.choices["prefixes"]].labelled:
             assert formatting.prefixes_allowed[r.choices["template_index"]]
         checked += 1
@@ -361,12 +363,12 @@ def test_malformed_lines_name_file_and_line_or_are_skipped(tmp_path):
     (tmp_path / "aqua_train.tsv").write_text("Pick\\nOptions:\\n(A) 1\\n(B) 2\t(D)\tWhy.\n")
     with pytest.raises(MalformedLineError, match=r"aqua_train.tsv:1: .*names no listed option"):
         flan_cot.load_cot_dataset(tmp_path, "aqua")
-    (tmp_path / "gsm8k_train.tsv").write_text("\n".join([good] * 12 + ["only\ttwo"]) + "\n")
     reg = flan_cot.register_flan_cot(
         tmp_path, prefix="tbad", datasets=("gsm8k",), skip_malformed=True, overwrite=True
     )
-    assert reg.report.num_skipped == 1 and reg.report.kept == 12
-    assert [line for _, line, _ in reg.report.skipped] == [13]
+    assert reg.report.num_skipped == 2 and reg.report.kept == 2
+    assert [line for _, line, _ in reg.report.skipped] == [2, 3]
+    assert "empty value" in reg.report.skipped[1][2]
 
 
 def _train_count(data_dir, dataset: str) -> int:

@@ -5,6 +5,9 @@ Expected values are worked out by hand from the definitions in the module docstr
 tf.data renderers are compared with the plain-Python ones.
 """
 
+import dataclasses
+
+import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
@@ -332,3 +335,54 @@ def test_flan_collection_weights_with_user_collections(toy_tasks):
     )
     with pytest.raises(ValueError, match=r"\['mine'\] have no weight"):
         mixtures.register_flan_collections_mixture("toy_flan_bad", {"mine": d})
+
+
+def _toy_source(rows):
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        del shuffle_files, seed
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "id": [r[0] for r in rows],
+                "question": [r[1] for r in rows],
+                "answer": [r[2] for r in rows],
+                "options": tf.ragged.constant([list(r[3]) for r in rows], dtype=tf.string),
+            }
+        )
+
+    return seqio.FunctionDataSource(dataset_fn, splits=("train",))
+
+
+def test_a_user_task_gets_the_variants_it_asks_for_and_clear_errors():
+    from fiat_t5x.data.flan_variants import FlanTaskSpec, register_flan_variants, registered_variant
+
+    rows = [
+        (f"t-{i}", f"Is {i} even?", "yes" if i % 2 == 0 else "no", ("yes", "no")) for i in range(40)
+    ]
+    spec = FlanTaskSpec(
+        name="toy_user",
+        source=_toy_source(rows),
+        fields=("id", "question", "answer"),
+        templates=(
+            Template("{question}\n{options}", "{answer}"),
+            Template("Q: {question}", "{answer}"),
+        ),
+        variants=("zsopt", "fsopt_mix"),
+    )
+    names = register_flan_variants(spec, overwrite=True)
+    assert names == {"zsopt": "toy_user_zsopt", "fsopt_mix": "toy_user_fsopt_mix"}
+    few = registered_variant("toy_user_fsopt_mix")
+    seeds = np.stack([np.zeros(8), np.arange(8)], axis=1)
+    rendered = few.render(
+        [dict(id=r[0], question=r[1], answer=r[2], options=list(r[3])) for r in rows[:8]], seeds
+    )
+    assert all(r.num_exemplars == 5 and "Is" in r.inputs for r in rendered)
+    tiny = dataclasses.replace(spec, name="toy_tiny", source=_toy_source(rows[:5]))
+    register_flan_variants(tiny, overwrite=True)
+    with pytest.raises(ValueError, match="has 5 examples, too few to draw 5 exemplars"):
+        registered_variant("toy_tiny_fsopt_mix").render(
+            [dict(id="x", question="q", answer="a", options=[])], seeds[:1]
+        )
+    with pytest.raises(ValueError, match="variant 'cot_zs' is not available"):
+        dataclasses.replace(spec, variants=("cot_zs",)).validate()
+    with pytest.raises(TemplateError, match="reserved"):
+        dataclasses.replace(spec, fields=("id", "question", "answer", "options")).validate()

@@ -16,7 +16,7 @@ Delimiter pairs (x_y_delimiter, example_separator) are drawn with the frequencie
 seventy CoT few-shot templates (`FLAN_DELIMITERS`: "\\n" / "\\n\\n" in 49 of 70, ...), and prefix
 pairs with FLAN's share of unlabelled templates (17 of 70) against labelled ones (`PREFIXES`).
 A template that writes its own labels ("Q: {question}", a last line "A: Let's see.", targets
-"Q: {question}\nA: {answer}") gets no prefix pair: stacking would double them ("Q: Q: ...").
+"Q: {question}\\nA: {answer}") gets no prefix pair: stacking would double them ("Q: Q: ...").
 
 Exemplars are then dropped from the end until the whole prompt, tokenized with the task's own
 vocabulary, fits the inputs length (less one token for EOS). An example left with no exemplar
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 SAME_TEMPLATE = "same"
 MIXED_TEMPLATES = "mixed"
-FEW_SHOT_KINDS = (SAME_TEMPLATE, MIXED_TEMPLATES)
 
 
 @dataclasses.dataclass(frozen=True)

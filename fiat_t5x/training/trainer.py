@@ -146,7 +146,7 @@ class Trainer:
         def body(carry, xs):
             index, mb = xs
             loss, metrics, grads = self._loss_and_grads(
-                trainable, frozen, mb, None if rng is None else jax.random.fold_in(rng, index)
+                trainable, frozen, mb, jax.random.fold_in(rng, index)
             )
             scale = self._normalizer(mb) / full_factor
             tokens = metrics["weight_sum"].astype(jnp.float32)
@@ -176,9 +176,9 @@ class Trainer:
         return loss, metrics, grads
 
     def _train_step_impl(self, state: TrainState, frozen, batch) -> tuple[TrainState, Metrics]:
-        rng = None
-        if getattr(self.model.config, "dropout_rate", 0.0) > 0:
-            rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
+        # Always a per-step key: the model decides what uses it (dropout in the network, LoRA's
+        # dropout on the adapter input, or nothing), so no dropout setting is silently ignored.
+        rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
         loss, metrics, grads = self._accumulated(state.params, frozen, batch, rng)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

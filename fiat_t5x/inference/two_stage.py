@@ -191,7 +191,9 @@ def fiat_infer(
     write_jsonl(output, (p.to_json() for p in predictions))
     metrics = score_fiat_predictions(metrics_task or f"{task}_fiat", examples, predictions)
     if metrics:
-        write_metrics(model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics)
+        write_metrics(
+            model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics, writer="fiat_infer"
+        )
     logger.info("wrote %d predictions to %s; metrics %s", len(predictions), output, metrics)
     return metrics
 

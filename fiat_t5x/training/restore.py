@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from fiat_t5x.models.batch_decoder import place_params
 from fiat_t5x.training.checkpointing import CheckpointManager
 from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.optimizers import flatten_params, unflatten_params
+from fiat_t5x.training.partitioning import Partitioner
 
 
 def trained_params(
@@ -21,6 +23,7 @@ def trained_params(
     *,
     seed: int = 0,
     require_checkpoint: bool = False,
+    partitioner: Partitioner | None = None,
 ) -> tuple[dict, int]:
     """(full params, step): INITIAL_CHECKPOINT_PATH's base with the trained parameters of the
     newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none).
@@ -28,12 +31,23 @@ def trained_params(
     The base must be the one training started from: the same path, or for a random init
     (`initial_checkpoint_path=None`) the trainer's RANDOM_SEED as `seed`. With
     `require_checkpoint` a MODEL_DIR without a checkpoint raises FileNotFoundError instead of
-    falling back to the initial parameters.
+    falling back to the initial parameters. With a `partitioner` the params come back on its
+    mesh, sharded by the model's logical axes as in training (the trained ones are restored
+    straight onto it, each process reading its shards); without one, as host arrays.
     """
     params = flatten_params(initial_params(model, initial_checkpoint_path, seed))
     restored = None
     if model_dir and os.path.isdir(model_dir):
-        restored = CheckpointManager(model_dir).restore_latest_params()
+        sharding_for = None
+        if partitioner is not None:
+            axes = flatten_params(model.logical_axes())
+
+            def sharding_for(path: str, shape: tuple[int, ...]) -> Any:
+                if path in axes and len(axes[path]) == len(shape):
+                    return partitioner.sharding_for(axes[path], shape)
+                return partitioner.replicated  # does not fit the model: reported below
+
+        restored = CheckpointManager(model_dir).restore_latest_params(sharding_for)
     if restored is None:
         if require_checkpoint:
             raise FileNotFoundError(
@@ -41,7 +55,7 @@ def trained_params(
                 "(python -m fiat_t5x.train with the same gin files)"
             )
         logging.warning("no checkpoint in MODEL_DIR=%s: using the initial parameters", model_dir)
-        return unflatten_params(params), 0
+        return _placed(model, unflatten_params(params), partitioner), 0
     trained, step = restored
     flat = flatten_params(trained)
     unknown = sorted(set(flat) - set(params))
@@ -58,4 +72,10 @@ def trained_params(
         )
     params.update(flat)
     logging.info("using %d trained parameters from step %d of %s", len(flat), step, model_dir)
-    return unflatten_params(params), step
+    return _placed(model, unflatten_params(params), partitioner), step
+
+
+def _placed(model: Any, params: dict, partitioner: Partitioner | None) -> dict:
+    if partitioner is None:
+        return params
+    return place_params(model, params, partitioner)

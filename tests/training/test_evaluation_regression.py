@@ -16,8 +16,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from fiat_t5x.training import optimizers
 from fiat_t5x.models.decoding import EOS_ID
+from fiat_t5x.training import optimizers
 from fiat_t5x.training.evaluation import Evaluation
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.train_state import TrainState

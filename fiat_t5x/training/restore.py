@@ -32,19 +32,23 @@ def trained_params(
     (`initial_checkpoint_path=None`) the trainer's RANDOM_SEED as `seed`. With
     `require_checkpoint` a MODEL_DIR without a checkpoint raises FileNotFoundError instead of
     falling back to the initial parameters. With a `partitioner` the params come back on its
-    mesh, sharded by the model's logical axes as in training (the trained ones are restored
-    straight onto it, each process reading its shards); without one, as host arrays.
+    mesh, sharded by the model's logical axes as in training (the trained ones restored straight
+    onto their base's shardings, each process reading its shards); without one, as host arrays.
     """
-    params = flatten_params(initial_params(model, initial_checkpoint_path, seed))
+    base = initial_params(model, initial_checkpoint_path, seed)
+    if partitioner is not None:
+        base = place_params(model, base, partitioner)
+    params = flatten_params(base)
     restored = None
     if model_dir and os.path.isdir(model_dir):
         sharding_for = None
         if partitioner is not None:
-            axes = flatten_params(model.logical_axes())
 
             def sharding_for(path: str, shape: tuple[int, ...]) -> Any:
-                if path in axes and len(axes[path]) == len(shape):
-                    return partitioner.sharding_for(axes[path], shape)
+                """A trained parameter goes where the base's of that path went."""
+                leaf = params.get(path)
+                if leaf is not None and tuple(leaf.shape) == tuple(shape):
+                    return leaf.sharding
                 return partitioner.replicated  # does not fit the model: reported below
 
         restored = CheckpointManager(model_dir).restore_latest_params(sharding_for)
@@ -55,7 +59,7 @@ def trained_params(
                 "(python -m fiat_t5x.train with the same gin files)"
             )
         logging.warning("no checkpoint in MODEL_DIR=%s: using the initial parameters", model_dir)
-        return _placed(model, unflatten_params(params), partitioner), 0
+        return unflatten_params(params), 0
     trained, step = restored
     flat = flatten_params(trained)
     unknown = sorted(set(flat) - set(params))
@@ -72,10 +76,4 @@ def trained_params(
         )
     params.update(flat)
     logging.info("using %d trained parameters from step %d of %s", len(flat), step, model_dir)
-    return _placed(model, unflatten_params(params), partitioner), step
-
-
-def _placed(model: Any, params: dict, partitioner: Partitioner | None) -> dict:
-    if partitioner is None:
-        return params
-    return place_params(model, params, partitioner)
+    return unflatten_params(params), step

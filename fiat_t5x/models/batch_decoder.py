@@ -52,7 +52,8 @@ class BatchDecoder:
       partitioner: see the module docstring; None places everything on the default device.
       batch_size: rows per call (a multiple of the data-parallel size).
       max_decode_length: generated tokens per row at most.
-      method, num_beams, length_penalty_alpha, temperature, top_k, top_p: as `predict_batch`.
+      decode_settings: `method`, `num_beams`, `length_penalty_alpha`, `temperature`, `top_k`,
+        `top_p`, passed to `predict_batch` as they are (greedy when none).
     """
 
     def __init__(
@@ -63,13 +64,9 @@ class BatchDecoder:
         max_decode_length: int,
         batch_size: int = 32,
         partitioner: Any = None,
-        method: str = "greedy",
-        num_beams: int = 4,
-        length_penalty_alpha: float = 0.6,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        **decode_settings: Any,
     ) -> None:
+        method = decode_settings.get("method", "greedy")
         if method not in DECODE_METHODS:
             raise ValueError(f"decode method {method!r} is not one of {DECODE_METHODS}")
         data_parallel = partitioner.data_parallel_size if partitioner is not None else 1
@@ -83,14 +80,7 @@ class BatchDecoder:
         self.params = place_params(model, params, partitioner)
         self.batch_size = int(batch_size)
         self.max_decode_length = int(max_decode_length)
-        self.settings = {
-            "method": method,
-            "num_beams": int(num_beams),
-            "length_penalty_alpha": float(length_penalty_alpha),
-            "temperature": float(temperature),
-            "top_k": int(top_k),
-            "top_p": float(top_p),
-        }
+        self.settings = dict(decode_settings)
 
     def _global_batch(self, rows: np.ndarray) -> dict[str, jax.Array]:
         batch = {"encoder_input_tokens": rows}

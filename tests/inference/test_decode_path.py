@@ -13,14 +13,16 @@ import pytest
 import fiat_tasks.demo  # noqa: F401  (registers fiat_demo_plain)
 from fiat_t5x import infer as infer_script
 from fiat_t5x.inference.tau import Tau
+from fiat_t5x.models import presets
 from fiat_t5x.models.decoding import until_eos
+from fiat_t5x.models.lora import LoraConfig
+from fiat_t5x.models.model import EncoderDecoderModel
 from fiat_t5x.rationales.providers.local_t5 import LocalDecoding, LocalT5Provider
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training.evaluation import Evaluation
 from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.trainer import inference_trainer
-from tests.training.training_helpers import tiny_model
 
 TASK = "fiat_demo_plain"
 LENGTHS = {"inputs": 96, "targets": 8}
@@ -30,7 +32,7 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_model()
+    model = EncoderDecoderModel(presets.micro(), LoraConfig())
     params = initial_params(model, None, seed=0)
     partitioner = Partitioner(num_partitions=2)
     examples = list(

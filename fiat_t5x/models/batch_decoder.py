@@ -16,6 +16,7 @@ one, everything sits on the default device.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,13 @@ def to_host(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def mesh_context(partitioner: Any = None) -> contextlib.AbstractContextManager:
+    """The partitioner's tracing context (its mesh and logical-axis rules, so the network's
+    activation sharding constraints apply) when it has one; else nothing."""
+    context = getattr(partitioner, "context", None)
+    return context() if context is not None else contextlib.nullcontext()
 
 
 def place_params(model: Any, params: Mapping[str, Any], partitioner: Any = None) -> Any:
@@ -102,12 +110,13 @@ class BatchDecoder:
             key = rng
             if rng is not None and start:
                 key = jax.random.fold_in(rng, start // self.batch_size)
-            tokens = self.model.predict_batch(
-                self.params,
-                self._global_batch(rows),
-                max_decode_length=self.max_decode_length,
-                rng=key,
-                **self.settings,
-            )
+            with mesh_context(self.partitioner):
+                tokens = self.model.predict_batch(
+                    self.params,
+                    self._global_batch(rows),
+                    max_decode_length=self.max_decode_length,
+                    rng=key,
+                    **self.settings,
+                )
             out[start : start + len(chunk)] = to_host(tokens)[: len(chunk)]
         return out

@@ -25,7 +25,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from fiat_t5x.models.batch_decoder import BatchDecoder, to_host
+from fiat_t5x.models.batch_decoder import BatchDecoder, mesh_context, to_host
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training.optimizers import merge_params
 from fiat_t5x.training.train_state import TrainState
@@ -176,7 +176,8 @@ class Evaluation:
         def score(dataset: tf.data.Dataset, model_feature_shapes=None):
             out = []
             for indices, batch in self._batches(dataset):
-                scores = to_host(model.score_batch(params, batch))
+                with mesh_context(self.trainer.partitioner):
+                    scores = to_host(model.score_batch(params, batch))
                 out.extend((i, float(scores[j])) for j, i in enumerate(indices))
             return out
 

@@ -103,7 +103,7 @@ def icl_baseline(
     metrics["answer_found_rate"] = (
         100.0 * sum(p.answer_found for p in predictions) / max(len(predictions), 1)
     )
-    write_metrics(model_dir, f"eval/{metrics_task}", metrics)
+    write_metrics(model_dir, f"eval/{metrics_task}", metrics, writer="icl")
     return metrics
 
 

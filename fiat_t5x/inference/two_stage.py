@@ -34,6 +34,7 @@ from fiat_t5x.rationales.prompts import PromptSpec, load_prompt
 from fiat_t5x.rationales.providers.base import Provider
 from fiat_t5x.rationales.run_checks import check_trained_identity
 from fiat_t5x.rationales.tuning_prompt import TuningPrompt, load_tuning_prompt
+from fiat_t5x.training.partitioning import Partitioner
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def fiat_infer(
     random_seed: int = 0,
     limit: int | None = None,
     output: str | None = None,
+    partitioner: Any = None,
 ) -> dict[str, float]:
     """Runs Algorithm 2 over a task split (or a JSONL file) with the τ trained in `model_dir`.
 
@@ -154,6 +156,7 @@ def fiat_infer(
       store_dir: the rationale store (default: `rationale_store()` from gin / env).
       metrics_task: the task whose metrics score the predictions (default `<task>_fiat`).
       random_seed: the trainer's RANDOM_SEED (the base of a randomly initialised τ).
+      partitioner: the mesh τ decodes on (default: training's, every device data-parallel).
     """
     for name in import_modules:
         importlib.import_module(name)
@@ -172,13 +175,18 @@ def fiat_infer(
         .output_features["inputs"]
         .vocabulary
     )
+    # τ on the training mesh (every device, data-parallel, unless gin binds another partitioner).
+    partitioner = partitioner or Partitioner()
     tau = Tau(
         model=model,
-        params=load_tuned_params(model, model_dir, initial_checkpoint_path, random_seed),
+        params=load_tuned_params(
+            model, model_dir, initial_checkpoint_path, random_seed, partitioner=partitioner
+        ),
         vocabulary=vocabulary,
         max_input_length=int(task_feature_lengths["inputs"]),
         max_decode_length=int(task_feature_lengths["targets"]),
         batch_size=batch_size,
+        partitioner=partitioner,
     )
     split_name = os.path.splitext(os.path.basename(input_jsonl))[0] if input_jsonl else split
     predictions = run_two_stage(
@@ -195,7 +203,9 @@ def fiat_infer(
     write_jsonl(output, (p.to_json() for p in predictions))
     metrics = score_fiat_predictions(metrics_task or f"{task}_fiat", examples, predictions)
     if metrics:
-        write_metrics(model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics)
+        write_metrics(
+            model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics, writer="fiat_infer"
+        )
     logger.info("wrote %d predictions to %s; metrics %s", len(predictions), output, metrics)
     return metrics
 

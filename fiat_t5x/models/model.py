@@ -21,6 +21,7 @@ from flax.core import meta
 
 from fiat_t5x.models import decoding
 from fiat_t5x.models.config import T5Config
+from fiat_t5x.models.decoding import DECODE_METHODS, EOS_ID
 from fiat_t5x.models.lora import PROJECTION_NAMES, LoraConfig, target_matches
 from fiat_t5x.models.losses import (
     compute_weighted_cross_entropy,
@@ -32,8 +33,6 @@ from fiat_t5x.models.network import Transformer
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Mapping[str, Any]
-EOS_ID = 1
-DECODE_METHODS = ("greedy", "sample", "beam")
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from fiat_t5x.models.batch_decoder import place_params
 from fiat_t5x.training.checkpointing import CheckpointManager
 from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.optimizers import flatten_params, unflatten_params
+from fiat_t5x.training.partitioning import Partitioner
 
 
 def trained_params(
@@ -21,6 +23,7 @@ def trained_params(
     *,
     seed: int = 0,
     require_checkpoint: bool = False,
+    partitioner: Partitioner | None = None,
 ) -> tuple[dict, int]:
     """(full params, step): INITIAL_CHECKPOINT_PATH's base with the trained parameters of the
     newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none).
@@ -28,12 +31,27 @@ def trained_params(
     The base must be the one training started from: the same path, or for a random init
     (`initial_checkpoint_path=None`) the trainer's RANDOM_SEED as `seed`. With
     `require_checkpoint` a MODEL_DIR without a checkpoint raises FileNotFoundError instead of
-    falling back to the initial parameters.
+    falling back to the initial parameters. With a `partitioner` the params come back on its
+    mesh, sharded by the model's logical axes as in training (the trained ones restored straight
+    onto their base's shardings, each process reading its shards); without one, as host arrays.
     """
-    params = flatten_params(initial_params(model, initial_checkpoint_path, seed))
+    base = initial_params(model, initial_checkpoint_path, seed)
+    if partitioner is not None:
+        base = place_params(model, base, partitioner)
+    params = flatten_params(base)
     restored = None
     if model_dir and os.path.isdir(model_dir):
-        restored = CheckpointManager(model_dir).restore_latest_params()
+        sharding_for = None
+        if partitioner is not None:
+
+            def sharding_for(path: str, shape: tuple[int, ...]) -> Any:
+                """A trained parameter goes where the base's of that path went."""
+                leaf = params.get(path)
+                if leaf is not None and tuple(leaf.shape) == tuple(shape):
+                    return leaf.sharding
+                return partitioner.replicated  # does not fit the model: reported below
+
+        restored = CheckpointManager(model_dir).restore_latest_params(sharding_for)
     if restored is None:
         if require_checkpoint:
             raise FileNotFoundError(

@@ -146,7 +146,7 @@ class Trainer:
         def body(carry, xs):
             index, mb = xs
             loss, metrics, grads = self._loss_and_grads(
-                trainable, frozen, mb, None if rng is None else jax.random.fold_in(rng, index)
+                trainable, frozen, mb, jax.random.fold_in(rng, index)
             )
             scale = self._normalizer(mb) / full_factor
             tokens = metrics["weight_sum"].astype(jnp.float32)
@@ -176,9 +176,9 @@ class Trainer:
         return loss, metrics, grads
 
     def _train_step_impl(self, state: TrainState, frozen, batch) -> tuple[TrainState, Metrics]:
-        rng = None
-        if getattr(self.model.config, "dropout_rate", 0.0) > 0:
-            rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
+        # Always a per-step key: the model decides what uses it (dropout in the network, LoRA's
+        # dropout on the adapter input, or nothing), so no dropout setting is silently ignored.
+        rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
         loss, metrics, grads = self._accumulated(state.params, frozen, batch, rng)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -240,16 +240,19 @@ class Trainer:
 class LoopHooks:
     """Callbacks of the training loop, all optional.
 
-    save(state, data_position, force) -> None: checkpoint (the manager decides on the period).
+    save(state, step, data_position, force) -> None: checkpoint (the manager decides on the
+      period); `step` is the state's step as the loop counts it, so no hook reads it back from
+      the device.
     evaluate(state, frozen) -> dict of metrics, called every `eval_period` steps.
     stop_requested(step) -> bool: e.g. SIGTERM received; the loop saves and returns.
-    write_metrics(step, scalars) -> None.
+    write_metrics(step, scalars, writer) -> None: writer is "train" (the loop's log) or
+      "train_eval" (the evaluate hook's results), as metrics.jsonl records them.
     """
 
-    save: Callable[[TrainState, int, bool], None] | None = None
+    save: Callable[[TrainState, int, int, bool], None] | None = None
     evaluate: Callable[[TrainState, Any], Mapping[str, float]] | None = None
     stop_requested: Callable[[int], bool] | None = None
-    write_metrics: Callable[[int, Mapping[str, float]], None] | None = None
+    write_metrics: Callable[[int, Mapping[str, float], str], None] | None = None
 
 
 def train_loop(
@@ -315,22 +318,22 @@ def train_loop(
             history.append(scalars)
             if hooks.write_metrics:
                 hooks.write_metrics(
-                    step, {f"train/{k}": v for k, v in scalars.items() if k != "step"}
+                    step, {f"train/{k}": v for k, v in scalars.items() if k != "step"}, "train"
                 )
             t_last, tokens_since, steps_since = time.perf_counter(), 0, 0
         position = getattr(batches, "position", step)
         if hooks.stop_requested and hooks.stop_requested(step):
             logging.warning("stop requested at step %d: saving a checkpoint and exiting", step)
             if hooks.save:
-                hooks.save(state, position, True)
+                hooks.save(state, step, position, True)
             stopped = True
             break
         if hooks.save:
-            hooks.save(state, position, final)
+            hooks.save(state, step, position, final)
         if hooks.evaluate and eval_period and (step % eval_period == 0 or final):
             results = hooks.evaluate(state, frozen)
             if hooks.write_metrics and results:
-                hooks.write_metrics(step, results)
+                hooks.write_metrics(step, results, "train_eval")
             t_last = time.perf_counter()
     if stopped:
         logging.info("training stopped early at step %d", step)

@@ -162,3 +162,36 @@ def test_initial_params_reject_a_checkpoint_of_another_shape(fixture_checkpoint)
     wrong = EncoderDecoderModel(presets.tiny(mlp_dim=128), LoraConfig())
     with pytest.raises(ValueError, match="does not fit the model config"):
         initial_params(wrong, fixture_checkpoint)
+
+
+def test_lora_dropout_applies_in_training_without_network_dropout_and_not_in_eval():
+    """LoRA's dropout is used although DROPOUT_RATE is 0: the step always gets a per-step key
+    (the model decides what uses it); evaluation never drops anything."""
+    from fiat_t5x.models.lora import LoraConfig
+    from fiat_t5x.models.model import EncoderDecoderModel
+
+    def model(dropout: float) -> EncoderDecoderModel:
+        return EncoderDecoderModel(presets.micro(dropout_rate=0.0), LoraConfig(dropout=dropout))
+
+    params = optimizers.flatten_params(
+        jax.device_get(model(0.0).init_params(jax.random.PRNGKey(6)))
+    )
+    params = {k: (v + 0.05 if k.endswith("lora_b") else v) for k, v in params.items()}
+    params = optimizers.unflatten_params(params)
+    batch = make_batch(seed=9)
+    one = jax.devices()[:1]
+    plain, plain_frozen, plain_losses = _run(_trainer(model(0.0), devices=one), params, batch, 2)
+    dropped_trainer = _trainer(model(0.9), devices=one)
+    dropped, dropped_frozen, dropped_losses = _run(dropped_trainer, params, batch, 2)
+    assert plain_losses[0] != dropped_losses[0]
+    assert not tree_equal(jax.device_get(plain.params), jax.device_get(dropped.params))
+    # Evaluation of the same parameters: no dropout, so both models give the same loss.
+    global_batch = dropped_trainer.partitioner.host_batch_to_global(batch)
+    eval_dropped = dropped_trainer.eval_step(dropped, dropped_frozen, global_batch)
+    again = dropped_trainer.eval_step(dropped, dropped_frozen, global_batch)
+    reference, _ = jax.jit(model(0.0).loss)(
+        optimizers.merge_params(jax.device_get(dropped.params), jax.device_get(dropped_frozen)),
+        batch,
+    )
+    assert float(eval_dropped["loss"]) == float(again["loss"])
+    assert float(eval_dropped["loss"]) == pytest.approx(float(reference), rel=1e-5)

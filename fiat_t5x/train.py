@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from fiat_t5x.training import data as data_lib
@@ -61,6 +62,17 @@ def check_task(config: data_lib.DatasetConfig) -> None:
         raise gin_cli.UsageError(str(e)) from None
 
 
+def _exists_on_process_0(model_dir: str) -> bool:
+    """Whether MODEL_DIR exists, as process 0 sees it, so that every host takes the same path
+    (a collective: no process writes before all have looked)."""
+    exists = os.path.isdir(model_dir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    return exists
+
+
 def train(
     *,
     model: Any,
@@ -88,7 +100,6 @@ def train(
     if eval_dataset_cfg is not None:
         check_task(eval_dataset_cfg)
     model_dir = os.path.abspath(model_dir)
-    gin_cli.write_config(model_dir)
     learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
     partitioner = partitioner or Partitioner()
     trainer = Trainer(
@@ -103,11 +114,15 @@ def train(
     state, frozen = trainer.create_state(
         initial_params(model, initial_checkpoint_path, random_seed)
     )
-    checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+    # Nothing is written to MODEL_DIR until the base, the data and the evaluation are known
+    # to be good: a run that fails to start leaves no config.gin behind.
+    checkpoints = None
     position = 0
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-        state, position = restored
+    if _exists_on_process_0(model_dir):  # a restart: resume from the newest intact checkpoint
+        checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+        restored = checkpoints.restore_latest(state)
+        if restored is not None:
+            state, position = restored
     start_step = int(jax.device_get(state.step))
     logging.info(
         "training %s from step %d to %d on mesh %s",
@@ -130,6 +145,9 @@ def train(
             run_seqio=run_seqio_eval,
             feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
         )
+    gin_cli.write_config(model_dir)
+    if checkpoints is None:
+        checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
     writer = MetricsWriter(model_dir)
     watcher = PreemptionWatcher()
     hooks = LoopHooks(

@@ -97,6 +97,9 @@ def command(prog: str) -> Callable[[Callable[..., int | None]], Main]:
             token = _OUTER.set((shown, debug))
             try:
                 return int(main(args) or 0)
+            except BrokenPipeError:  # `fiat-t5x ... | head`: the reader left; not an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 141
             except Exception as e:
                 message = user_message(e)
                 if message is None:

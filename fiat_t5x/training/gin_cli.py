@@ -115,6 +115,14 @@ def parse_gin(args: GinArgs) -> None:
             gin.parse_config(binding)
 
 
+def parse_bindings(bindings: Sequence[str], flag: str = "--gin_bindings") -> None:
+    """Parse gin bindings on top of the current config; a failure names `flag` and the binding."""
+    log_noise.install()
+    for binding in bindings:
+        with _gin_errors(None, f"{flag} {binding!r}", ()):
+            gin.parse_config(binding)
+
+
 def _raised_by_gin(error: BaseException) -> bool:
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import seqio
 
+from fiat_t5x import gin_files
+
 
 def score_predictions(
     task_name: str,
@@ -44,12 +46,9 @@ def score_predictions(
 
 
 def resolve_path(path: str) -> str:
-    """`path` as given when it exists, else relative to the repository (gin files name
-    `gin/fiat/itau/...` relative to the checkout, wherever the command runs)."""
-    if os.path.exists(path):
-        return path
-    candidate = os.path.join(os.path.dirname(__file__), "..", "..", path)
-    return os.path.normpath(candidate) if os.path.exists(candidate) else path
+    """`path` as given when it exists, else a shipped file (gin files name
+    `gin/fiat/itau/...` relative to the checkout or the installed package, from anywhere)."""
+    return gin_files.find(path) or path
 
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:

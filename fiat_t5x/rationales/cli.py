@@ -19,13 +19,13 @@ import importlib
 import inspect
 import json
 import logging
-import pathlib
 import signal
 import sys
 import urllib.parse
 from typing import Any
 
 import gin
+from fiat_t5x import gin_files
 from fiat_t5x.rationales.generate import Example, JobSummary
 from fiat_t5x.rationales.providers.base import Provider
 
@@ -347,8 +347,8 @@ def generate_main(argv: list[str]) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    repo_gin = pathlib.Path(__file__).resolve().parents[2] / "gin"
-    gin.add_config_file_search_path(str(repo_gin.parent))
+    # `gin/runs/rationales.gin` resolves in a checkout and in an installed package alike.
+    gin.add_config_file_search_path(str(gin_files.gin_dir().parent))
     overrides = {dest: getattr(args, dest) for dest in _FLAGS if getattr(args, dest) is not None}
     macros = [f"{_MACROS[k]} = {v!r}" for k, v in overrides.items() if k in _MACROS]
     try:

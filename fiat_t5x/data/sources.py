@@ -24,6 +24,7 @@ and counts bad lines for a whole run (and config.gin records that it did).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -380,13 +381,14 @@ def records_data_source(
     splits: Sequence[str],
     output_signature: Mapping[str, Any],
     *,
-    num_input_examples: Mapping[str, int] | None = None,
+    num_input_examples: Mapping[str, int] | Callable[[str], int] | None = None,
 ):
     """A `seqio.FunctionDataSource` whose split `s` yields the examples `load_split(s)` returns.
 
     Files are read when a dataset is requested (not at registration), so tasks can be
-    registered before their data directory exists or is configured; errors surface there. Examples come in the order `load_split` returns them
-    (SeqIO shuffles examples downstream; `shuffle_files` has nothing to shuffle here).
+    registered before their data directory exists or is configured; errors surface there.
+    Examples come in the order `load_split` returns them (SeqIO shuffles examples downstream;
+    `shuffle_files` has nothing to shuffle here).
 
     Args:
       load_split: split name -> examples (field dicts or `Record`s).
@@ -394,7 +396,8 @@ def records_data_source(
       output_signature: field name -> `tf.TensorSpec` (e.g. `tf.TensorSpec([], tf.string)`,
         or `tf.TensorSpec([None], tf.string)` for a list of strings). Fields of an example
         that are not in the signature are dropped; a missing one is an error.
-      num_input_examples: optional split -> count, reported by SeqIO.
+      num_input_examples: optional split -> count, reported by SeqIO; a function is called
+        (once per split) when a count is first asked for.
     """
     import seqio
     import tensorflow as tf
@@ -420,9 +423,19 @@ def records_data_source(
         examples = [select(split, example) for example in load_split(split)]
         return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
 
-    return seqio.FunctionDataSource(
-        dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=num_input_examples
-    )
+    if not callable(num_input_examples):
+        return seqio.FunctionDataSource(
+            dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=num_input_examples
+        )
+    count = functools.cache(num_input_examples)
+
+    class CountingSource(seqio.FunctionDataSource):
+        def num_input_examples(self, split: str) -> int:
+            if split not in splits:
+                raise UsageError(f"unknown split {split!r}; this source offers {list(splits)}")
+            return count(split)
+
+    return CountingSource(dataset_fn=dataset_fn, splits=tuple(splits))
 
 
 def jsonl_data_source(
@@ -437,7 +450,8 @@ def jsonl_data_source(
     skip_malformed: bool | None = None,
 ):
     """A SeqIO source over JSON-lines files (one file, or a list, per split); every line is
-    validated as by `read_jsonl` when a split is first read.
+    validated as by `read_jsonl` when a split is first read. `num_input_examples(split)`
+    counts the split's non-blank lines (for mixture rates, without counting by hand).
 
     Args:
       files: split name -> path(s); relative paths are taken from the working directory.
@@ -468,7 +482,21 @@ def jsonl_data_source(
             raise e.with_skip_hint(hint) from None
         return records
 
-    return records_data_source(load_split, splits, output_signature)
+    def count(split: str) -> int:
+        return sum(count_lines(path) for path in as_paths(files[split]))
+
+    return records_data_source(load_split, splits, output_signature, num_input_examples=count)
+
+
+def count_lines(path: str | os.PathLike[str]) -> int:
+    """Non-blank lines of a text file: its examples, before any are found malformed. Cheap
+    enough to call at registration (e.g. for examples-proportional mixture rates)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{os.fspath(path)}: no such data file; check the data directory you configured"
+        )
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
 
 
 def skip_policy(skip_malformed: bool | None, source: str) -> tuple[bool, str]:

@@ -280,9 +280,16 @@ def configure_logging(quiet_absl: bool = True) -> None:
     third-party noise filtered (`log_noise`)."""
     import logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-    )
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    root = logging.getLogger()
+    # An import may already have given the root logger a plain stderr handler (logging's
+    # default "INFO:root:..." format): reformat it rather than add a second one.
+    plain = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    for handler in plain:
+        handler.setFormatter(logging.Formatter(fmt))
+    if not root.handlers:
+        logging.basicConfig(format=fmt)
+    root.setLevel(logging.INFO)
     if quiet_absl:
         logging.getLogger("absl").setLevel(logging.WARNING)
     log_noise.install()

@@ -56,9 +56,9 @@ def _gold(record: sources.Record, fields: Fields, default: str) -> tuple[str, An
         present = ", ".join(sorted(record.fields))
         wanted = repr(name) if fields.gold else f"{default!r} (or {INFER_GOLD_FIELD!r})"
         raise record.error(
-            f"missing field {wanted} (present: {present}); name the gold field with --target_field",
+            f"missing field {wanted} (present: {present}); name the gold field with --target_field"
         )
-    return record[name]
+    return name, record[name]
 
 
 def _read(path: str, fields: Fields, options: ReadOptions, transform) -> list[dict[str, Any]]:

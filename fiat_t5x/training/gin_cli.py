@@ -29,6 +29,7 @@ __all__ = ["GinArgs", "UsageError", "parse_args", "parse_gin", "check_macros", "
 
 FLAGS = ("--gin_file", "--gin_search_paths", "--gin_bindings", "--help", errors.DEBUG_FLAG)
 _MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MISSING_MODULE = re.compile(r"No module named ('[^']+')")
 _GIN_FILE_LOCATION = re.compile(r'\n\s*In file "(?P<file>[^"]+)", line (?P<line>\d+)')
 _QUOTING_HINT = (
     "string values keep their quotes inside the shell's, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"; "
@@ -143,14 +144,19 @@ def _gin_errors(file: str | None, flag: str | None, search: Sequence[str]) -> It
             raise UsageError(f"{flag}: gin cannot parse this binding; {_QUOTING_HINT}") from e
         where = f"{getattr(e, 'filename', None) or file}:{getattr(e, 'lineno', '?')}"
         text = (getattr(e, "text", None) or "").strip()
+        # gin's message for a value it cannot read quotes Python's AST; its last line says more.
+        problem = str(getattr(e, "msg", e)).strip().splitlines()[-1].strip()
         raise UsageError(
-            f"{where}: gin syntax error: {getattr(e, 'msg', e)}" + (f" in {text!r}" if text else "")
+            f"{where}: gin syntax error: {problem}"
+            + (f" in {text!r}" if text else "")
+            + " (an unclosed bracket or quote shows up on a later line)"
         ) from e
     except ModuleNotFoundError as e:
         where = _location(e, file, flag)
+        module = _MISSING_MODULE.search(str(e))
         raise UsageError(
-            f"{where}: cannot import {e.name!r}: the module must be importable; run from the "
-            "directory that holds it or set PYTHONPATH to that directory"
+            f"{where}: cannot import {module[1] if module else repr(e.name)}: the module must be "
+            "importable; run from the directory that holds it or set PYTHONPATH to that directory"
         ) from e
     except OSError as e:  # an include that is in no search path
         what = str(e).split(". Searched config paths")[0]

@@ -17,7 +17,9 @@ _GIN_PROBE_MESSAGES = ("Path not found: %s", "system_path_file_exists:%s")
 _ONCE_PREFIXES = ("Using an uncached FunctionDataset",)
 
 
-class _GinPathProbes(logging.Filter):
+class GinPathProbes(logging.Filter):
+    """Drops gin's per-search-path probe records for included files."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return not (
             record.pathname.replace("\\", "/").endswith("gin/resource_reader.py")
@@ -25,7 +27,9 @@ class _GinPathProbes(logging.Filter):
         )
 
 
-class _OncePerProcess(logging.Filter):
+class OncePerProcess(logging.Filter):
+    """Lets the first record of each of `_ONCE_PREFIXES` through, drops the repeats."""
+
     def __init__(self) -> None:
         super().__init__()
         self._seen: set[str] = set()
@@ -42,8 +46,8 @@ class _OncePerProcess(logging.Filter):
         return first
 
 
-_GIN_FILTER = _GinPathProbes()
-_ONCE_FILTER = _OncePerProcess()
+_GIN_FILTER = GinPathProbes()
+_ONCE_FILTER = OncePerProcess()
 
 
 def install() -> None:

@@ -88,11 +88,15 @@ class MalformedLineError(UsageError):
         )
 
 
-@gin.configurable("malformed_lines")
-def skip_malformed_lines(skip: bool = False) -> bool:
+def _skip_malformed_lines(skip: bool = False) -> bool:
     """Whether data sources built with `skip_malformed=None` skip (and count, and log) bad
     lines instead of failing on the first: `--gin.malformed_lines.skip=True`."""
     return bool(skip)
+
+
+# Registered even when this module is first imported after a command locked its gin config.
+with gin.unlock_config():
+    skip_malformed_lines = gin.configurable("malformed_lines")(_skip_malformed_lines)
 
 
 @dataclasses.dataclass(frozen=True)

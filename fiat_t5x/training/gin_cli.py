@@ -22,6 +22,7 @@ from typing import Any
 
 import gin
 from fiat_t5x import errors, gin_files
+from fiat_t5x.data import sources  # noqa: F401 - registers `malformed_lines` before bindings
 from fiat_t5x.errors import UsageError
 from fiat_t5x.training import log_noise, tf_devices
 

@@ -64,6 +64,11 @@ def user_message(error: BaseException) -> str | None:
     """The message to show for a user error, or None for anything else (a bug)."""
     if isinstance(error, UsageError):
         return str(error).split(_GIN_CONTEXT)[0]
+    if isinstance(error, ModuleNotFoundError):  # a task module or a package not installed
+        return (
+            f"{str(error).split(_GIN_CONTEXT)[0]}: install it, or run from the directory that "
+            "holds it (or set PYTHONPATH=that directory)"
+        )
     if isinstance(error, _PATH_ERRORS):
         if error.filename and error.strerror:
             return f"{error.filename}: {error.strerror}"

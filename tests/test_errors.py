@@ -113,7 +113,9 @@ CASES = {
         ("run",),
     ),  # fmt: skip
     "train gin syntax": Case(
-        _train("--gin_file={d}/broken.gin"), ("broken.gin:3: gin syntax error: Failed to parse token 'Z'", "unclosed bracket"), ("run",)
+        _train("--gin_file={d}/broken.gin"),
+        ("broken.gin:3: gin syntax error: Failed to parse token 'Z'", "unclosed bracket"),
+        ("run",),
     ),  # fmt: skip
     "train gin import": Case(
         _train("--gin_file={d}/imports.gin"),
@@ -258,6 +260,26 @@ CASES = {
         _plain("sweep", "run", "gin/sweeps/demo.yaml", "--root", "{d}/sweep", "--only", "fiatt"),
         ("unknown variant(s) ['fiatt']",),
         ("sweep",),
+    ),  # fmt: skip
+    "rationales unknown module": Case(
+        _plain(
+            "rationales",
+            "generate",
+            "--module",
+            "no_such_tasks_module",
+            "--task",
+            "x",
+            "--store",
+            "{d}/store",
+            "--prompts",
+            "{d}/p.yaml",
+            "--model",
+            "m",
+            "--base_url",
+            "http://127.0.0.1:9/v1",
+        ),
+        ("No module named 'no_such_tasks_module'", "PYTHONPATH"),
+        ("store",),
     ),  # fmt: skip
     "mixture-rates unknown module": Case(
         _plain("mixture-rates", "x", "--module", "no_such_tasks_module"),

@@ -255,7 +255,8 @@ def require_run_dir(macro: str = "MODEL_DIR") -> str:
     if not isinstance(path, str) or not os.path.isdir(path):
         raise UsageError(
             f"{macro}={path!r} is not a directory; point --gin.{macro} at the directory "
-            "`fiat-t5x train` wrote (with its checkpoint_N folders)"
+            "`fiat-t5x train` wrote (with its checkpoint_N folders), or create an empty one to "
+            "use the base model alone"
         )
     return path
 

@@ -31,15 +31,11 @@ def _run(argv: list[str], cwd: pathlib.Path, env: dict[str, str], timeout: int =
 
 
 def _dependency_paths() -> list[str]:
-    """site-packages directories of this interpreter (and those its .pth files add), without
-    this checkout's own source tree."""
+    """This interpreter's site-packages directories (and those its .pth files add). As plain
+    path entries their .pth files (an editable install of this checkout) are not run."""
     paths = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
     paths += [p for p in sys.path if p.endswith("site-packages")]
-    unique = []
-    for path in paths:
-        if os.path.isdir(path) and path not in unique and not path.startswith(str(REPO) + "/fiat"):
-            unique.append(path)
-    return unique
+    return [p for i, p in enumerate(paths) if os.path.isdir(p) and p not in paths[:i]]
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         module = importlib.import_module("fiat_t5x.eval")
+        gin_cli.require_run_dir()
         gin_cli.configured(distributed.initialize)()
         results = gin_cli.configured(module.evaluate)()
         print(json.dumps(results, indent=2, sort_keys=True))

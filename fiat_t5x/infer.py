@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         module = importlib.import_module("fiat_t5x.infer")
+        gin_cli.require_run_dir()
         gin_cli.configured(distributed.initialize)()
         for path in gin_cli.configured(module.infer)():
             print(path)

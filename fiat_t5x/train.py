@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from fiat_t5x.data import vocab_coverage
@@ -39,7 +40,8 @@ from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import LoopHooks, Trainer, train_loop
 
 # A start-up check: (MODEL_DIR, the dataset configs the run reads) -> None, raising to refuse.
-StartCheck = Callable[[str, Sequence[data_lib.DatasetConfig]], None]
+# A start check raises on a bad run, and may return what to record once the run starts.
+StartCheck = Callable[[str, Sequence[data_lib.DatasetConfig]], Callable[[], None] | None]
 
 REQUIRED_MACROS = (
     "MODEL_DIR",
@@ -120,6 +122,17 @@ def expected_checkpoint_tree(model: Any, trainer: Trainer) -> dict[str, Any]:
     return jax.eval_shape(lambda t: TrainState.create(t, trainer.optimizer), trainable).as_dict()
 
 
+def _exists_on_process_0(model_dir: str) -> bool:
+    """Whether MODEL_DIR exists, as process 0 sees it, so that every host takes the same path
+    (a collective: no process writes before all have looked)."""
+    exists = os.path.isdir(model_dir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    return exists
+
+
 def train(
     *,
     model: Any,
@@ -155,7 +168,8 @@ def train(
     TASK_FEATURE_LENGTHS and (200 of them) for text the vocabulary cannot represent (0: no check).
 
     `start_checks` run before anything is trained, each as `check(model_dir, datasets_read)`
-    (e.g. `rationales.run_checks.RationaleChecks`: the rationale store).
+    (e.g. `rationales.run_checks.RationaleChecks`: the rationale store); what they return is
+    called once the run is known to start (e.g. recording the store in MODEL_DIR).
     """
     check_task(train_dataset_cfg)
     if eval_dataset_cfg is not None:
@@ -172,20 +186,22 @@ def train(
         num_microbatches=num_microbatches,
         dropout_seed=random_seed,
     )
-    checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
-    try:
-        checkpoints.check_fits(
-            expected_checkpoint_tree(model, trainer),
-            start_over_on_mismatch=start_over_on_mismatch,
-        )
-    except CheckpointMismatch as e:
-        raise gin_cli.UsageError(str(e)) from None
+    # Nothing is written to MODEL_DIR until the base, the data and the evaluation are known
+    # to be good: a run that fails to start leaves no config.gin behind, and config.gin keeps
+    # describing MODEL_DIR's checkpoints when a run of another configuration is turned away.
+    checkpoints = None
+    if _exists_on_process_0(model_dir):  # a restart: its checkpoints must fit this run
+        checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+        try:
+            checkpoints.check_fits(
+                expected_checkpoint_tree(model, trainer),
+                start_over_on_mismatch=start_over_on_mismatch,
+            )
+        except CheckpointMismatch as e:
+            raise gin_cli.UsageError(str(e)) from None
     evaluates = eval_dataset_cfg is not None and eval_period
-    for check in start_checks:
-        check(model_dir, [train_dataset_cfg, *([eval_dataset_cfg] if evaluates else [])])
-    # Written only now: config.gin must keep describing MODEL_DIR's checkpoints when a run of
-    # another configuration is turned away above.
-    gin_cli.write_config(model_dir)
+    datasets_read = [train_dataset_cfg, *([eval_dataset_cfg] if evaluates else [])]
+    records = [check(model_dir, datasets_read) for check in start_checks]
     explain_train_steps(train_steps, initial_checkpoint_path)
     if data_check_examples:
         name, split = train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.split
@@ -199,12 +215,13 @@ def train(
         initial_params(model, initial_checkpoint_path, random_seed)
     )
     position = 0
-    try:
-        restored = checkpoints.restore_latest(state)
-    except CheckpointMismatch as e:
-        raise gin_cli.UsageError(str(e)) from None
-    if restored is not None:
-        state, position = restored
+    if checkpoints is not None:  # resume from the newest intact checkpoint
+        try:
+            restored = checkpoints.restore_latest(state)
+        except CheckpointMismatch as e:
+            raise gin_cli.UsageError(str(e)) from None
+        if restored is not None:
+            state, position = restored
     start_step = int(jax.device_get(state.step))
     logging.info(
         "training %s from step %d to %d on mesh %s",
@@ -228,6 +245,12 @@ def train(
             feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
             seed=eval_dataset_cfg.seed,
         )
+    gin_cli.write_config(model_dir)
+    for record in records:
+        if record is not None:
+            record()
+    if checkpoints is None:
+        checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
     writer = MetricsWriter(model_dir)
     writer.start_run(start_step)
     watcher = PreemptionWatcher()

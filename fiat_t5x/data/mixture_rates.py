@@ -18,13 +18,15 @@ import json
 import logging
 import pkgutil
 
+from fiat_t5x import errors
+
 logger = logging.getLogger(__name__)
 
 
 def _import_task_modules(modules: list[str] | None) -> None:
     if modules:
         for name in modules:
-            importlib.import_module(name)
+            errors.import_module(name, "--module")
         return
     import fiat_tasks
 

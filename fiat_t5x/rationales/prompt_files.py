@@ -7,12 +7,13 @@ differ, the reading, the key checks and the errors that name file and field do n
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import yaml
+
+from fiat_t5x import gin_files
 
 T = TypeVar("T")
 
@@ -67,9 +68,6 @@ def pick_task(
 
 
 def resolve_path(path: str) -> str:
-    """`path` as given when it exists, else relative to the repository (gin files name
-    `gin/fiat/itau/...` relative to the checkout, wherever the command runs)."""
-    if os.path.exists(path):
-        return path
-    candidate = os.path.join(os.path.dirname(__file__), "..", "..", path)
-    return os.path.normpath(candidate) if os.path.exists(candidate) else path
+    """`path` as given when it exists, else a shipped file: gin files name `gin/fiat/itau/...`
+    relative to the checkout or the installed package, wherever the command runs."""
+    return gin_files.find(path) or path

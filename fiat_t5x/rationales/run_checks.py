@@ -19,10 +19,11 @@ word. `RationaleChecks` runs at start-up (gin: `train_script.train.start_checks 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
@@ -99,7 +100,9 @@ class RationaleChecks:
         self.beta = beta
         self.infer_split = infer_split
 
-    def __call__(self, model_dir: str, datasets: Sequence[Any]) -> None:
+    def __call__(self, model_dir: str, datasets: Sequence[Any]) -> Callable[[], None] | None:
+        """Checks; returns what records the identity, which train() calls once the run is
+        known to start (nothing is written to MODEL_DIR by a run that is turned away)."""
         reads = [
             (join, config.split)
             for config in datasets
@@ -109,14 +112,15 @@ class RationaleChecks:
         ]
         if not reads:
             logger.info("the run reads no β rationales; nothing to check")
-            return
+            return None
         if self.infer_split is not None:
             reads += [(j, self.infer_split) for j, _ in reads if j.reads(self.infer_split)]
         by_store: dict[str, list[tuple[RationaleJoin, str]]] = {}
         for join, split in reads:
             by_store.setdefault(join.directory(), []).append((join, split))
         records = [self._check_store(directory, pairs) for directory, pairs in by_store.items()]
-        record_identity(model_dir, records)
+        check_recorded_identity(model_dir, records)
+        return functools.partial(write_identity, model_dir, records)
 
     def _prompt(self, store_task: str) -> PromptSpec | None:
         if not self.ibeta_file:
@@ -176,9 +180,8 @@ class RationaleChecks:
         }
 
 
-def record_identity(model_dir: str, stores: list[dict[str, Any]]) -> None:
-    """Writes MODEL_DIR/rationale_store.json; refuses a MODEL_DIR trained on another store."""
-    path = os.path.join(model_dir, RECORD_FILE)
+def check_recorded_identity(model_dir: str, stores: list[dict[str, Any]]) -> None:
+    """Refuses a MODEL_DIR whose rationale_store.json names other stores than `stores`."""
     previous = read_trained_stores(model_dir)
     now = {s["identity_sha256"] for s in stores}
     if previous is not None:
@@ -191,10 +194,15 @@ def record_identity(model_dir: str, stores: list[dict[str, Any]]) -> None:
                 f"{', '.join(sorted(x[:12] for x in now))}. Resume with the store it was "
                 "trained on, or train into a new MODEL_DIR"
             )
+
+
+def write_identity(model_dir: str, stores: list[dict[str, Any]]) -> None:
+    """Writes MODEL_DIR/rationale_store.json (process 0, atomically)."""
     import jax
 
     if jax.process_index() != 0:
         return
+    path = os.path.join(model_dir, RECORD_FILE)
     os.makedirs(model_dir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

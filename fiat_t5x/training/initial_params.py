@@ -50,7 +50,7 @@ def initial_params(model: Any, path: str | None, seed: int = 0) -> dict:
     and missing or unexpected parameters raise, naming the paths.
     """
     if path is None:
-        logging.info("INITIAL_CHECKPOINT_PATH is None: training from a random initialisation")
+        logging.info("INITIAL_CHECKPOINT_PATH is None: the base is a random init (seed %d)", seed)
         fresh = flatten_params(jax.device_get(model.init_params(jax.random.PRNGKey(seed))))
         return unflatten_params({k: np.asarray(v) for k, v in fresh.items()})
     # Check the checkpoint against the abstract shapes first: a misfit fails before any init.

@@ -170,7 +170,9 @@ def test_the_store_identity_is_recorded_and_fiat_infer_refuses_another_beta(
     validation_only = dataclasses.replace(distilled_eval, split="validation")
     run_checks.RationaleChecks()(str(tmp_path / "d"), [validation_only])  # joins train only
     assert not (tmp_path / "d").exists()
-    check(beta())  # with β configured, FIAT inference may generate the test rationales
+    record = check(beta())  # with β configured, FIAT inference may generate the test rationales
+    assert not (model_dir / run_checks.RECORD_FILE).exists()  # written once the run starts
+    record()
     record = json.loads((model_dir / run_checks.RECORD_FILE).read_text())
     (entry,) = record["stores"]
     assert entry["identity"]["provider"]["model"] == "beta-a"

@@ -239,6 +239,7 @@ def test_eval_and_infer_read_the_trained_checkpoint(reference, capsys, tmp_path)
     )
     # The trained checkpoint was read: the same base without it (an empty MODEL_DIR) is worse.
     untrained_dir = tmp_path / "untrained"
+    untrained_dir.mkdir()
     untrained_args = [a for a in eval_args if not a.startswith("--gin.MODEL_DIR=")]
     assert (
         eval_script.main(

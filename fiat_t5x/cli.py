@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "effective sampling share of each task in a mixture",
     ),
 }
+# Commands that do not import TensorFlow (kept fast: nothing is imported for them up front).
+_WITHOUT_TENSORFLOW = frozenset({"score"})
 
 
 def _usage() -> str:
@@ -60,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if name not in _WITHOUT_TENSORFLOW and not debug:
+        from fiat_t5x.training import tf_devices
+
+        tf_devices.import_tensorflow_quietly()
     module_name, function_name = COMMANDS[name][0].split(":")
     command = getattr(importlib.import_module(module_name), function_name)
     if not hasattr(command, "guarded_prog"):

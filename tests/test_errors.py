@@ -278,7 +278,7 @@ CASES = {
             "--base_url",
             "http://127.0.0.1:9/v1",
         ),
-        ("No module named 'no_such_tasks_module'", "PYTHONPATH"),
+        ("no module named 'no_such_tasks_module'", "PYTHONPATH"),
         ("store",),
     ),  # fmt: skip
     "mixture-rates unknown module": Case(

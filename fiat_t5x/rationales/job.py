@@ -16,12 +16,12 @@ writes what β produced per split to MODEL_DIR/metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
+from fiat_t5x import errors
 from fiat_t5x.rationales.examples import read_examples
 from fiat_t5x.rationales.generate import (
     Example,
@@ -104,12 +104,7 @@ def check_job(job: RationaleJob) -> None:
 def load_job_inputs(job: RationaleJob) -> tuple[PromptSpec, dict[str, list[Example]]]:
     """Iβ and every split's examples, with every prompt rendered once (typos fail here)."""
     for name in job.import_modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise UsageError(
-                f"cannot import module {name!r} (RationaleJob.import_modules): {e}"
-            ) from None
+        errors.import_module(name, "--module (RationaleJob.import_modules)")
     prompt = load_prompt(resolve_path(job.ibeta_file), job.ibeta_task or job.task)
     examples = {}
     for split in job.splits:

@@ -32,6 +32,15 @@ def _stderr_to_devnull() -> Iterator[None]:
 
 
 @functools.cache
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (oneDNN, "could not find cuda drivers",
+    absl's pre-init warning) kept off stderr: they bury a command's one-line message, and its
+    TF_CPP_MIN_LOG_LEVEL no longer hides them. A failed import still raises as usual."""
+    with _stderr_to_devnull():
+        import tensorflow  # noqa: F401
+
+
+@functools.cache
 def keep_tensorflow_on_cpu() -> None:
     """Hide GPUs from TensorFlow (once per process, before it creates its devices)."""
     import tensorflow as tf

@@ -177,7 +177,7 @@ def test_second_job_on_the_same_store_is_refused(tmp_path):
             first.wait(10)
     assert first.returncode == 130  # SIGTERM stops the job cleanly: rerun resumes it
     assert second.returncode == 2
-    (line,) = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
+    (line,) = [line for line in second.stderr.splitlines() if ": error: " in line]
     assert f"being written by another job (pid {first.pid} " in line
     assert "Traceback" not in second.stderr
     assert max(rationale_counts(tmp_path / "store").values(), default=1) == 1
@@ -203,7 +203,9 @@ def test_gin_macros_with_a_flag_for_the_missing_one(tmp_path):
         asked, store_made = len(server.requests), (tmp_path / "store").exists()
         done = run([*base, *args, "--model", "beta-from-flag"])
     assert missing.returncode == 2 and asked == 0
-    (line,) = [line for line in missing.stderr.splitlines() if line.strip()]
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, missing.stderr
+    (line,) = lines
     assert "model not set" in line and "BETA_MODEL" in line and "--model" in line
     assert "In call to configurable" not in missing.stderr and not store_made
     assert done.returncode == 0, done.stderr

@@ -76,7 +76,7 @@ def generate(tmp_path, url: str, *extra: str, key: str | None = KEY, examples: i
 
 def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert len(lines) == 1 and lines[0].startswith("fiat-t5x rationales: error: "), stderr
     return lines[0]
 
 

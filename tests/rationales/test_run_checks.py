@@ -156,8 +156,8 @@ def test_the_store_identity_is_recorded_and_fiat_infer_refuses_another_beta(
         for split in ("train", "validation")
     ]
 
-    def check(provider) -> None:
-        run_checks.RationaleChecks(
+    def check(provider):
+        return run_checks.RationaleChecks(
             ibeta_file=str(ibeta), ibeta_task="toy", beta=provider, infer_split="test"
         )(str(model_dir), datasets)
 

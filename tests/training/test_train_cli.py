@@ -324,7 +324,7 @@ def test_another_configuration_stops_at_start_with_old_and_new_shapes(reference,
     config = open(os.path.join(model_dir, "config.gin")).read()
     result = run_cli(cli_args(model_dir, "--gin.lora.LoraConfig.rank=4", steps=2))
     assert result.returncode == 2, result.stderr[-3000:]
-    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    (error,) = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert (
         "decoder/layers_0/self_attention/query/lora_a: checkpoint (64, 8) float32 vs now "
         "(64, 4) float32" in error

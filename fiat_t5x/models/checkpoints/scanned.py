@@ -159,16 +159,32 @@ def _join_heads(path: str, value: Any, layer_axis: int | None) -> Any:
     return joined if layer_axis is None else xp.moveaxis(joined, 0, layer_axis)
 
 
+def move_layer_axis(params: Mapping[str, Any], source: int, destination: int) -> dict[str, Any]:
+    """A scanned tree with its layer axis moved from `source` to `destination` (e.g. T5X's 1 to a
+    run's `param_scan_axis` 0); unstacked parameters are untouched."""
+    flat = flatten(params)
+    if source == destination:
+        return unflatten(flat)
+    out = {}
+    for path, value in flat.items():
+        if path.split("/")[1:2] == ["layers"]:
+            value = _xp(value).moveaxis(value, source, destination)
+        out[path] = value
+    return unflatten(out)
+
+
 def to_contract_layout(
-    params: Mapping[str, Any], param_scan_axis: int = 1, *, scanned: bool = False
+    params: Mapping[str, Any], param_scan_axis: int = 1, *, scan_axis: int | None = None
 ) -> dict[str, Any]:
     """Any T5X example / scalable_t5 / umT5 param tree -> the contract's layout.
 
-    `scanned=False` gives the unscanned layout (`layers_{i}`); `scanned=True` the scanned one
-    (`layers`, layer axis at `param_scan_axis`), stacking an unscanned checkpoint or keeping a
-    scanned one stacked (no per-layer copies). A no-op on a tree already in the wanted layout.
+    `param_scan_axis` is the layer axis of a scanned input. `scan_axis=None` gives the unscanned
+    layout (`layers_{i}`); an int gives the scanned layout with the layer axis there (the run's
+    `T5Config.param_scan_axis`): an unscanned input is stacked, a scanned one stays stacked (no
+    per-layer copies) and its axis moves if the two differ. A no-op on a tree already in the
+    wanted layout.
     """
-    if is_scanned(params) and not scanned:
+    if is_scanned(params) and scan_axis is None:
         params = unstack_layers(params, param_scan_axis)
     flat = flatten(params)
     out = {}
@@ -179,4 +195,6 @@ def to_contract_layout(
         stacked = new_path.split("/")[1:2] == ["layers"]
         out[new_path] = _join_heads(new_path, value, param_scan_axis if stacked else None)
     tree = unflatten(out)
-    return stack_layers(tree, param_scan_axis) if scanned else tree
+    if scan_axis is None:
+        return tree
+    return stack_layers(move_layer_axis(tree, param_scan_axis, scan_axis), scan_axis)

@@ -105,9 +105,7 @@ def measure(args: argparse.Namespace, setting: str) -> dict:
     model = EncoderDecoderModel(config, lora)
     data, parts = (int(x) for x in args.mesh.split("x"))
     overrides = {name: None if axis in ("", "None") else axis for name, axis in args.rules}
-    rules = tuple((name, overrides.pop(name, axis)) for name, axis in STANDARD_LOGICAL_AXIS_RULES)
-    if overrides:
-        raise SystemExit(f"network_memory: --rule names no logical axis: {sorted(overrides)}")
+    rules = tuple((name, overrides.get(name, axis)) for name, axis in STANDARD_LOGICAL_AXIS_RULES)
     partitioner = Partitioner(
         num_partitions=parts, logical_axis_rules=rules, devices=jax.devices()[: data * parts]
     )
@@ -180,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     args.rules = [tuple(rule.split("=", 1)) for rule in args.rule]
     if any(len(rule) != 2 for rule in args.rules):
         print(f"network_memory: --rule takes NAME=AXIS, got {args.rule}", file=sys.stderr)
+        return 2
+    unknown_rules = sorted(
+        {name for name, _ in args.rules} - dict(STANDARD_LOGICAL_AXIS_RULES).keys()
+    )
+    if unknown_rules:
+        print(f"network_memory: --rule names no logical axis: {unknown_rules}", file=sys.stderr)
         return 2
     settings = args.settings.split(",")
     unknown = sorted(set(settings) - set(SETTINGS))

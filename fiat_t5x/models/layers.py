@@ -245,6 +245,24 @@ class DenseProjection(nn.Module):
         return checkpoint_name(y, PROJECTION)
 
 
+def _sub_projection(
+    parent: nn.Module, name: str, features: int, axes: tuple[str, str], init: Initializer
+) -> DenseProjection:
+    """A projection inside `parent` (attention or MLP) with its LoRA, stack depth, backward and
+    dtypes."""
+    return DenseProjection(
+        features=features,
+        axes=axes,
+        kernel_init=init,
+        lora=parent.lora,
+        stack_depth=parent.stack_depth,
+        custom_backward=parent.custom_backward,
+        dtype=parent.dtype,
+        param_dtype=parent.param_dtype,
+        name=name,
+    )
+
+
 class MultiHeadAttention(nn.Module):
     """T5 attention (q, k, v, out projections; no 1/sqrt(d) scaling) with an optional KV cache.
 
@@ -267,17 +285,7 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Any = jnp.float32
 
     def _proj(self, name: str, features: int, axes: tuple[str, str], init: Initializer):
-        return DenseProjection(
-            features=features,
-            axes=axes,
-            kernel_init=init,
-            lora=self.lora,
-            stack_depth=self.stack_depth,
-            custom_backward=self.custom_backward,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        return _sub_projection(self, name, features, axes, init)
 
     def _heads(self, x: Array) -> Array:
         """[b, l, heads * head_dim] -> [b, l, heads, head_dim]."""
@@ -344,10 +352,7 @@ class MultiHeadAttention(nn.Module):
                     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
                     k, v = cached_key.value, cached_value.value
 
-        if self.fused:
-            context = self._fused_context(q, k, v, mask, bias, deterministic)
-        else:
-            context = self._context(q, k, v, mask, bias, deterministic)
+        context = self._context(q, k, v, mask, bias, deterministic)
         context = checkpoint_name(context, ATTENTION_CONTEXT)
         context = act.constrain(context, (act.BATCH, act.LENGTH, act.HEADS, act.KV))
         context = context.reshape(context.shape[:2] + (joined,))
@@ -362,7 +367,23 @@ class MultiHeadAttention(nn.Module):
         bias: Array | None,
         deterministic: bool,
     ) -> Array:
-        """Einsum attention: q [b, q, h, d], k/v [b, k, h, d] -> context [b, q, h, d]."""
+        """q [b, q, h, d], k/v [b, k, h, d] -> context [b, q, h, d]: our einsum attention, or
+        `jax.nn.dot_product_attention` (fp32 logits and softmax, T5's unit scale) when fused."""
+        if self.fused:
+            if not deterministic and self.dropout_rate > 0:
+                raise ValueError(
+                    "T5Config.fused_attention has no dropout on attention probabilities: train "
+                    "with dropout_rate=0 or fused_attention=False"
+                )
+            dtype = self.dtype
+            return jax.nn.dot_product_attention(
+                q.astype(dtype),
+                k.astype(dtype),
+                v.astype(dtype),
+                bias=None if bias is None else bias.astype(dtype),
+                mask=mask,
+                scale=1.0,
+            )
         if self.float32_logits:
             q, k = q.astype(jnp.float32), k.astype(jnp.float32)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
@@ -375,31 +396,6 @@ class MultiHeadAttention(nn.Module):
         weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
         weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
         return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
-
-    def _fused_context(
-        self,
-        q: Array,
-        k: Array,
-        v: Array,
-        mask: Array | None,
-        bias: Array | None,
-        deterministic: bool,
-    ) -> Array:
-        """`jax.nn.dot_product_attention` (fp32 logits and softmax) with T5's unit scale."""
-        if not deterministic and self.dropout_rate > 0:
-            raise ValueError(
-                "T5Config.fused_attention has no dropout on attention probabilities: train with "
-                "dropout_rate=0 or fused_attention=False"
-            )
-        dtype = self.dtype
-        return jax.nn.dot_product_attention(
-            q.astype(dtype),
-            k.astype(dtype),
-            v.astype(dtype),
-            bias=None if bias is None else bias.astype(dtype),
-            mask=mask,
-            scale=1.0,
-        )
 
 
 class MlpBlock(nn.Module):
@@ -415,17 +411,8 @@ class MlpBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     def _proj(self, name: str, features: int, axes: tuple[str, str]) -> DenseProjection:
-        return DenseProjection(
-            features,
-            axes,
-            kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-            lora=self.lora,
-            stack_depth=self.stack_depth,
-            custom_backward=self.custom_backward,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        return _sub_projection(self, name, features, axes, init)
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:

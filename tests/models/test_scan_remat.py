@@ -343,6 +343,21 @@ def test_activation_constraints_shard_the_compiled_program(tiny_params):
     assert "f32[2,12,128]" not in unconstrained.as_text()
 
 
+def test_constraint_leaves_a_dimension_the_mesh_axis_does_not_divide_whole():
+    """A decode batch of 3 on data=4 stays whole instead of failing; 4 rows are split."""
+    from fiat_t5x.models import activation_axes as act
+
+    mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+
+    def output_spec(rows):
+        fn = jax.jit(lambda x: act.constrain(x * 2, (act.BATCH, act.MLP)))
+        with jax.set_mesh(mesh), nn.logical_axis_rules(STANDARD_LOGICAL_AXIS_RULES):
+            return fn.lower(jnp.ones((rows, 6))).compile().output_shardings.spec
+
+    assert output_spec(4) == P("data", "model")
+    assert output_spec(3) == P(None, "model")
+
+
 # ----------------------------------------------------------------------------- precision, kernels
 
 

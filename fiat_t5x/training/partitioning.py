@@ -21,7 +21,10 @@ MODEL_AXIS = "model"
 
 # T5X's standard rules for 1-D model parallelism ("Megatron" style): the wide dimensions
 # (mlp, heads, joined_kv, vocab) are split over `model`; `embed` stays whole so activations
-# need one all-reduce per block. LoRA's rank is tiny and stays replicated.
+# need one all-reduce per block. LoRA's rank is tiny and stays replicated; a scanned stack's
+# `layers` axis is never split. Activations have their own names (`fiat_t5x.models.activation_axes`,
+# MaxText's): the batch over `data`, the wide hidden dimensions over `model` like their kernels,
+# length and embed whole (a pod rule table may split `activation_length` or `activation_embed`).
 STANDARD_LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", DATA_AXIS),
     ("vocab", MODEL_AXIS),
@@ -33,6 +36,14 @@ STANDARD_LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("relpos_buckets", None),
     ("lora_rank", None),
     ("length", None),
+    ("layers", None),
+    ("activation_batch", DATA_AXIS),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", MODEL_AXIS),
+    ("activation_heads", MODEL_AXIS),
+    ("activation_kv", None),
+    ("activation_vocab", MODEL_AXIS),
 )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from fiat_t5x.models.checkpoints import scanned
 from fiat_t5x.models.checkpoints.atomic import atomic_directory
 from fiat_t5x.models.checkpoints.hf_names import param_names
 from fiat_t5x.models.checkpoints.layout import param_shapes
@@ -338,6 +339,8 @@ def save_hf_t5(
       dtype: cast floating weights (e.g. "bfloat16"); None keeps them.
     Returns: the output directory.
     """
+    if scanned.is_scanned(params):  # a scan_layers run: HF names each layer
+        params = scanned.unstack_layers(params, config.param_scan_axis)
     if any(p.endswith("/lora_a") for p in flatten(params)):
         if lora is None:
             raise CheckpointError("params hold LoRA leaves: pass their LoraConfig to merge them")

@@ -12,8 +12,9 @@ import os
 import re
 from typing import Any
 
-from fiat_t5x.models.checkpoints import scanned, t5x_legacy, t5x_orbax
-from fiat_t5x.models.checkpoints.tree import CheckpointError, cast_tree
+from fiat_t5x.models.checkpoints import model_layout, t5x_legacy, t5x_orbax
+from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, materialize
+from fiat_t5x.models.checkpoints.tree import CheckpointError, cast_floating, unflatten
 
 LEGACY = "t5x_legacy"
 ORBAX = "t5x_orbax"
@@ -47,8 +48,19 @@ def detect_t5x_format(path: str) -> tuple[str, str]:
     )
 
 
+def open_t5x_params(path: str, *, param_scan_axis: int = 1) -> dict[str, LazyArray]:
+    """The model params (`target`) of a T5X checkpoint, flat, in the contract's per-layer
+    layout, unread (see `lazy_arrays`). Arguments as for `load_t5x_params`."""
+    fmt, directory = detect_t5x_format(path)
+    if fmt == LEGACY:
+        params = t5x_legacy.open_legacy_params(directory)
+    else:
+        params = t5x_orbax.open_orbax_params(directory)
+    return model_layout.to_contract_layout(params, param_scan_axis)
+
+
 def load_t5x_params(path: str, *, dtype: Any | None = None, param_scan_axis: int = 1) -> dict:
-    """The model params (`target`) of a T5X checkpoint in the contract's layout.
+    """The model params (`target`) of a T5X checkpoint in the contract's layout, in memory.
 
     Args:
       path: checkpoint_N directory, Orbax state directory, or a model dir with checkpoint_N.
@@ -56,10 +68,5 @@ def load_t5x_params(path: str, *, dtype: Any | None = None, param_scan_axis: int
       param_scan_axis: layer axis of scanned (scalable_t5 / umT5) checkpoints.
     Returns: nested dict of numpy arrays, e.g. params['encoder']['layers_0']['attention'][...].
     """
-    fmt, directory = detect_t5x_format(path)
-    if fmt == LEGACY:
-        params = t5x_legacy.read_legacy_params(directory)
-    else:
-        params = t5x_orbax.read_orbax_params(directory)
-    params = scanned.to_contract_layout(params, param_scan_axis)
-    return cast_tree(params, dtype)
+    flat = open_t5x_params(path, param_scan_axis=param_scan_axis)
+    return unflatten(materialize(flat, lambda v: cast_floating(v, dtype)))

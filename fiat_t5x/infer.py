@@ -75,9 +75,12 @@ def infer(
         tasks = _leaf_tasks(mixture_or_task_name)
     except ValueError as e:
         raise gin_cli.UsageError(str(e)) from None
-    params, step = trained_params(model, model_dir, initial_checkpoint_path, seed=random_seed)
     trainer = inference_trainer(model, partitioner)
-    state, frozen = trainer.create_state(params)
+    params, step = trained_params(
+        model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=trainer.partitioner
+    )
+    # Placed on the mesh once: every parameter is "trainable" for the zero-update trainer.
+    state, frozen = trainer.state_from(params), {}
     full = merge_params(state.params, frozen)
     output_dir = output_dir or os.path.join(model_dir, "inference")
     paths = []

@@ -23,7 +23,6 @@ from fiat_t5x.training import distributed, gin_cli
 from fiat_t5x.training import optimizers as optimizers_lib
 from fiat_t5x.training.checkpointing import CheckpointManager, PreemptionWatcher
 from fiat_t5x.training.evaluation import Evaluation
-from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.metrics_writer import MetricsWriter
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.train_state import TrainState
@@ -61,6 +60,30 @@ def check_task(config: data_lib.DatasetConfig) -> None:
         raise gin_cli.UsageError(str(e)) from None
 
 
+def make_trainer(
+    *,
+    model: Any,
+    partitioner: Partitioner | None,
+    optimizer: Callable[..., optax.GradientTransformation],
+    learning_rate: optimizers_lib.Schedule | None,
+    trainable: optimizers_lib.TrainableSelector | None,
+    num_microbatches: int,
+    random_seed: int,
+) -> Trainer:
+    """The Trainer of a `train` call (shared with `fiat-t5x preflight`, which compiles its
+    step ahead of time): unset arguments get train's defaults."""
+    learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
+    return Trainer(
+        model,
+        partitioner or Partitioner(),
+        optimizer(learning_rate),
+        learning_rate,
+        trainable or optimizers_lib.TrainableSelector(),
+        num_microbatches=num_microbatches,
+        dropout_seed=random_seed,
+    )
+
+
 def train(
     *,
     model: Any,
@@ -89,20 +112,17 @@ def train(
         check_task(eval_dataset_cfg)
     model_dir = os.path.abspath(model_dir)
     gin_cli.write_config(model_dir)
-    learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
-    partitioner = partitioner or Partitioner()
-    trainer = Trainer(
-        model,
-        partitioner,
-        optimizer(learning_rate),
-        learning_rate,
-        trainable or optimizers_lib.TrainableSelector(),
+    trainer = make_trainer(
+        model=model,
+        partitioner=partitioner,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        trainable=trainable,
         num_microbatches=num_microbatches,
-        dropout_seed=random_seed,
+        random_seed=random_seed,
     )
-    state, frozen = trainer.create_state(
-        initial_params(model, initial_checkpoint_path, random_seed)
-    )
+    partitioner = trainer.partitioner
+    state, frozen = trainer.initial_state(initial_checkpoint_path, random_seed)
     checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
     position = 0
     restored = checkpoints.restore_latest(state)

@@ -7,11 +7,18 @@ import logging
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
 from fiat_t5x.training.checkpointing import CheckpointManager
 from fiat_t5x.training.initial_params import initial_params
-from fiat_t5x.training.optimizers import flatten_params, unflatten_params
+from fiat_t5x.training.optimizers import (
+    ALL_PATTERNS,
+    TrainableSelector,
+    flatten_params,
+    unflatten_params,
+)
+from fiat_t5x.training.partitioning import Partitioner
 
 
 def trained_params(
@@ -21,16 +28,23 @@ def trained_params(
     *,
     seed: int = 0,
     require_checkpoint: bool = False,
+    partitioner: Partitioner | None = None,
 ) -> tuple[dict, int]:
     """(full params, step): INITIAL_CHECKPOINT_PATH's base with the trained parameters of the
-    newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none).
+    newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none), as
+    `jax.Array`s sharded on `partitioner`'s mesh (default: every device, data-parallel) by the
+    training start-up (`initial_params`).
 
     The base must be the one training started from: the same path, or for a random init
     (`initial_checkpoint_path=None`) the trainer's RANDOM_SEED as `seed`. With
     `require_checkpoint` a MODEL_DIR without a checkpoint raises FileNotFoundError instead of
     falling back to the initial parameters.
     """
-    params = flatten_params(initial_params(model, initial_checkpoint_path, seed))
+    everything = TrainableSelector(patterns=ALL_PATTERNS)
+    placed, _ = initial_params(
+        model, partitioner or Partitioner(), initial_checkpoint_path, everything, seed
+    )
+    params = flatten_params(placed)
     restored = None
     if model_dir and os.path.isdir(model_dir):
         restored = CheckpointManager(model_dir).restore_latest_params()
@@ -56,6 +70,6 @@ def trained_params(
             f"{unknown[:5]}, shape mismatches {wrong[:5]}; is the gin model (incl. LoRA "
             "targets/rank) the one it was trained with?"
         )
-    params.update(flat)
+    params.update({k: jax.device_put(v, params[k].sharding) for k, v in flat.items()})
     logging.info("using %d trained parameters from step %d of %s", len(flat), step, model_dir)
     return unflatten_params(params), step

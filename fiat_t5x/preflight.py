@@ -557,7 +557,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report.as_dict(), f, indent=2)
         os.replace(tmp, own["json"])
-    return 0 if report.peak_bytes <= target.memory_bytes else 1
+    return exit_code(report)
+
+
+def exit_code(report: Report) -> int:
+    """0 when every phase fits the target's memory per device, else 1."""
+    return 0 if report.peak_bytes <= report.target.memory_bytes else 1
 
 
 if __name__ == "__main__":

@@ -94,7 +94,11 @@ def place(array: LazyArray, sharding: NamedSharding, dtype: Any) -> jax.Array:
         if key not in blocks:
             blocks[key] = np.ascontiguousarray(cast_floating(array.read(index), dtype))
         shards.append(jax.device_put(blocks[key], device))
-    return jax.make_array_from_single_device_arrays(array.shape, sharding, shards)
+    # Transfers are asynchronous: wait, so that this array's host blocks are freed before the
+    # next array is read (else every block of the model could be in flight at once).
+    return jax.block_until_ready(
+        jax.make_array_from_single_device_arrays(array.shape, sharding, shards)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

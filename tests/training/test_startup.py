@@ -4,6 +4,11 @@ its devices' blocks, and the fresh init computing only the missing parameters.""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -151,3 +156,71 @@ def test_lazy_views_read_the_right_blocks():
     assert lazy_lib.stack_layers(layers, 1) is base  # same stack, same axis: passed through
     restacked = lazy_lib.stack_layers(layers, 0)
     np.testing.assert_array_equal(restacked.read(index), value.transpose(1, 0, 2, 3)[index])
+
+
+_PEAK_SCRIPT = r"""
+import json, sys
+import jax
+from fiat_t5x.models.config import T5Config
+from fiat_t5x.models.model import EncoderDecoderModel
+from fiat_t5x.training.initial_params import initial_params
+from fiat_t5x.training.optimizers import TrainableSelector
+from fiat_t5x.training.partitioning import Partitioner
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+model = EncoderDecoderModel(T5Config(**json.loads(sys.argv[2])))
+partitioner = Partitioner(num_partitions=2)
+model.param_shapes()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+before = status("VmRSS")
+params, _ = initial_params(model, partitioner, sys.argv[1], TrainableSelector([".*"]))
+jax.block_until_ready(params)
+leaves = jax.tree.leaves(params)
+print(json.dumps({
+    "peak": status("VmHWM") - before,
+    "held": sum(s.data.nbytes for a in leaves for s in a.addressable_shards),
+    "params": sum(a.nbytes for a in leaves),
+}))
+"""
+
+
+# glibc otherwise raises its mmap threshold to the largest freed block and keeps freed blocks in
+# the heap: the RSS would then count memory the process no longer uses (bench/startup_memory.py
+# reports both).
+_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+@pytest.mark.slow
+def test_peak_host_memory_of_the_startup_is_its_share_plus_one_array(tmp_path):
+    """A 100 MB checkpoint placed on a model-parallel mesh of 2 CPU devices (whose memory is
+    host RAM): the start-up's peak RSS is what the devices end up holding plus a few arrays'
+    blocks, not the several whole copies of the model the old path made (4-5x, measured in
+    bench/startup_memory.py)."""
+    from fiat_t5x.models.checkpoints import param_shapes, save_t5x_params, unflatten
+    from fiat_t5x.models.config import T5Config
+
+    fields = dict(
+        vocab_size=8192, emb_dim=512, num_heads=8, head_dim=64, mlp_dim=2048,
+        num_encoder_layers=2, num_decoder_layers=2, dtype="float32",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    shapes = param_shapes(T5Config(**fields))
+    params = unflatten({k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()})
+    checkpoint = save_t5x_params(params, T5Config(**fields), str(tmp_path / "ckpt"))
+    del params
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, checkpoint, json.dumps(fields)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **_MALLOC},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    largest = max(np.prod(s) * 4 for s in shapes.values())
+    assert measured["params"] > 100e6 and measured["held"] >= measured["params"]
+    assert measured["peak"] < measured["held"] + 4 * largest, measured

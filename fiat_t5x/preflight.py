@@ -520,14 +520,21 @@ def target_from_flags(own: dict[str, str]) -> Target:
     return Target(f"{devices} devices", devices, int(memory * GIB), peak)
 
 
-def _reexec(argv: Sequence[str], devices: int) -> int:
-    """Run this command again with a fake `devices`-device CPU platform."""
-    env = dict(os.environ)
+def fake_devices_env(devices: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process whose JAX sees `devices` fake CPU devices (and that
+    preflight then runs in directly)."""
+    env = dict(os.environ if base is None else base)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env[_CHILD_ENV] = str(devices)
-    return subprocess.run([sys.executable, "-m", "fiat_t5x.preflight", *argv], env=env).returncode
+    return env
+
+
+def _reexec(argv: Sequence[str], devices: int) -> int:
+    """Run this command again with a fake `devices`-device CPU platform."""
+    command = [sys.executable, "-m", "fiat_t5x.preflight", *argv]
+    return subprocess.run(command, env=fake_devices_env(devices)).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -315,7 +315,6 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
     import jax
 
     from fiat_t5x.train import make_trainer
-    from fiat_t5x.training import flops as flops_lib
     from fiat_t5x.training import gin_cli, initial_params
     from fiat_t5x.training.optimizers import flatten_params
 
@@ -375,7 +374,7 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
         step=MemoryUse.of(compiled),
         startup=startup,
         startup_peak_bytes=startup_peak,
-        flops_per_device=flops_lib.flops_of(compiled),
+        flops_per_device=trainer.flops_per_step,
         compile_s=compile_s,
         biggest=arrays[:6],
         examples=_examples(plan),
@@ -441,7 +440,7 @@ def format_report(report: Report) -> str:
         )
     lines.append(f"  {'start-up peak (estimate)':<32}{'':>28}{size(report.startup_peak_bytes):>9}")
     if report.flops_per_device:
-        line = f"FLOPs per step per device: {report.flops_per_device:.3g}"
+        line = f"FLOPs per step per device (matmuls): {report.flops_per_device:.3g}"
         if t.peak_flops:
             line += f" ({report.flops_per_device / t.peak_flops:.2f} s at the peak)"
         lines.append(line)

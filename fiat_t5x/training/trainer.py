@@ -284,12 +284,16 @@ class Trainer:
 
     def compile_train_step(self, state: Any, frozen: Any, batch: Any) -> Any:
         """The train step compiled for these arguments (arrays or ShapeDtypeStructs with
-        shardings), traced under the partitioner's mesh and rules. Preflight compiles it with
-        abstract shapes; `train_step` with the first real batch."""
+        shardings), traced under the partitioner's mesh and rules; sets `flops_per_step` (per
+        device). Preflight compiles it with abstract shapes; `train_step` with the first batch."""
         if self._train_step is None:
             self._compile_steps()
         with self.partitioner.context():
-            return self._train_step.lower(state, frozen, batch).compile()
+            traced = self._train_step.trace(state, frozen, batch)
+            compiled = traced.lower().compile()
+        devices = self.partitioner.mesh.devices.size
+        self.flops_per_step = flops_lib.jaxpr_flops(traced.jaxpr) / devices
+        return compiled
 
     def train_step(self, state: TrainState, frozen, batch: Mapping[str, jax.Array]):
         """One optimizer update on a global batch (already on the mesh). Donates `state`.
@@ -299,7 +303,6 @@ class Trainer:
         """
         if self._compiled_train is None:
             self._compiled_train = self.compile_train_step(state, frozen, batch)
-            self.flops_per_step = flops_lib.flops_of(self._compiled_train)
         return self._compiled_train(state, frozen, batch)
 
     def eval_step(self, state: TrainState, frozen, batch: Mapping[str, jax.Array]) -> Metrics:

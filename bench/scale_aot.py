@@ -66,13 +66,15 @@ def run_cell(args: argparse.Namespace, extra: list[str]) -> dict:
     """One preflight in a child process; its JSON plus how it was made."""
     out = pathlib.Path(args.json or f"/tmp/scale_aot_{os.getpid()}.json")
     argv = [*preflight_argv(args, extra), "--json", str(out)]
+    if args.cpu_hoisting:
+        argv.append("--cpu_hoisting")
     devices = int(argv[argv.index("--devices") + 1])
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "fiat_t5x.preflight", *argv],
             cwd=REPO,
-            env=preflight.fake_devices_env(devices),
+            env=preflight.fake_devices_env(devices, cpu_hoisting=args.cpu_hoisting),
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -133,6 +135,9 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="the issue's 12 cells, one by one")
     parser.add_argument("--out_dir", default="/tmp/scale_aot", help="--grid: one JSON per cell")
     parser.add_argument("--verbose", action="store_true", help="print preflight's report")
+    parser.add_argument(
+        "--cpu_hoisting", action="store_true", help="keep XLA:CPU's fp32 weight copies (preflight)"
+    )
     args, extra = parser.parse_known_args()
     bad = [a for a in extra if not a.startswith("--gin.")]
     if bad:

@@ -154,8 +154,12 @@ def test_lazy_views_read_the_right_blocks():
     )
     layers = [lazy_lib.LayerOf(base, i, 1) for i in range(4)]
     assert lazy_lib.stack_layers(layers, 1) is base  # same stack, same axis: passed through
-    restacked = lazy_lib.stack_layers(layers, 0)
+    restacked = lazy_lib.stack_layers(layers, 0)  # scanned on axis 1, read on axis 0
+    assert isinstance(restacked, lazy_lib.Transposed)
     np.testing.assert_array_equal(restacked.read(index), value.transpose(1, 0, 2, 3)[index])
+    stacked = lazy_lib.stack_layers([lazy_lib.LayerOf(base, i, 1) for i in (0, 2)], 0)
+    assert isinstance(stacked, lazy_lib.StackedLayers)  # not a whole stack: layer by layer
+    np.testing.assert_array_equal(stacked.read(), value[:, [0, 2]].transpose(1, 0, 2, 3))
 
 
 _PEAK_SCRIPT = r"""

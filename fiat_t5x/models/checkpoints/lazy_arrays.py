@@ -215,15 +215,20 @@ class Scaled(LazyArray):
 
 
 def stack_layers(layers: Sequence[LazyArray], axis: int) -> LazyArray:
-    """`StackedLayers`, except that re-stacking every layer of one stack on its own layer axis
-    gives that stack back (a scanned checkpoint read by a run scanned the same way)."""
+    """`StackedLayers`, except when the layers are every layer of one stack in order (a scanned
+    checkpoint read by a scanned run): that stack itself, or a `Transposed` view of it when the
+    run scans another axis (e.g. T5X's axis 1 read as axis 0), so a read stays one read."""
     first = layers[0]
     if (
         all(isinstance(x, LayerOf) for x in layers)
-        and all(x.base is first.base and x.axis == axis for x in layers)
-        and [x.layer for x in layers] == list(range(first.base.shape[axis]))
+        and all(x.base is first.base and x.axis == first.axis for x in layers)
+        and [x.layer for x in layers] == list(range(first.base.shape[first.axis]))
     ):
-        return first.base
+        if first.axis == axis:
+            return first.base
+        perm = [d for d in range(first.base.ndim) if d != first.axis]
+        perm.insert(axis, first.axis)
+        return Transposed(first.base, perm)
     return StackedLayers(layers, axis)
 
 

@@ -128,6 +128,10 @@ class MemoryUse:
             int(m.temp_size_in_bytes),
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> MemoryUse:
+        return cls(data["arguments"], data["outputs"], data["aliased"], data["temporaries"])
+
     def as_dict(self) -> dict[str, int]:
         return {
             "arguments": self.arguments,
@@ -170,6 +174,28 @@ class Report:
     biggest: list[ArrayInfo]
     examples: dict[str, ArrayInfo]
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """The report back from `as_dict` (e.g. preflight's --json)."""
+
+        def array(info: dict[str, Any]) -> ArrayInfo:
+            return ArrayInfo(**{**info, "shape": tuple(info["shape"])})
+
+        return cls(
+            target=Target(**data["target"]),
+            step=MemoryUse.from_dict(data["per_device_bytes"]),
+            startup={
+                k: MemoryUse.from_dict(v) for k, v in data["startup_per_device_bytes"].items()
+            },
+            biggest=[array(a) for a in data["biggest_arrays"]],
+            examples={k: array(a) for k, a in data["example_shardings"].items()},
+            **{
+                f.name: data[f.name]
+                for f in dataclasses.fields(cls)
+                if f.name not in ("target", "step", "startup", "biggest", "examples")
+            },
+        )
+
     @property
     def peak_bytes(self) -> int:
         """The most any phase (start-up or step) needs per device."""
@@ -186,6 +212,7 @@ class Report:
             "n_trainable": self.n_trainable,
             "n_frozen": self.n_frozen,
             "frozen_dtype": self.frozen_dtype,
+            "frozen_f32_bytes": self.frozen_f32_bytes,
             "knobs": self.knobs,
             "per_device_bytes": self.step.as_dict(),
             "startup_per_device_bytes": {k: v.as_dict() for k, v in self.startup.items()},

@@ -39,18 +39,9 @@ SEED = 0
 
 def small_config():
     """Flan-T5 small's architecture (77 M parameters, 308 MB in fp32)."""
-    from fiat_t5x.models.config import T5Config
+    from fiat_t5x.models import presets
 
-    return T5Config(
-        vocab_size=32128,
-        emb_dim=512,
-        num_heads=6,
-        head_dim=64,
-        mlp_dim=1024,
-        num_encoder_layers=8,
-        num_decoder_layers=8,
-        dtype="float32",
-    )
+    return presets.flan_t5_small()
 
 
 # ----------------------------------------------------------------------------- checkpoints

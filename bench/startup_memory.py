@@ -13,7 +13,8 @@ zarr, HF safetensors), then runs each start-up in fresh processes on a `model`-p
 device each, where each "host" should hold about half. Per process it records the peak RSS during
 the start-up (VmHWM, reset just before) minus the RSS before it, and what the process holds on
 its devices at the end. On the CPU the devices' memory *is* host RAM, so the end state itself
-costs one copy of the process's share; everything above that is start-up overhead.
+costs one copy of the process's share; everything above that is start-up overhead, part of it
+XLA compiling the start-up's two jitted functions (a fixed cost, measured alone as "compile").
 
     .venv/bin/python bench/startup_memory.py                        # all formats, 1 and 2 processes
     .venv/bin/python bench/startup_memory.py --formats orbax --processes 2
@@ -33,7 +34,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FORMATS = ("orbax", "legacy", "hf")
-PATHS = ("old", "new")
+PATHS = ("old", "new", "compile")
 SEED = 0
 
 
@@ -148,6 +149,22 @@ def _old_startup(trainer, model, checkpoint: str):
     return trainer.create_state(unflatten(merged))
 
 
+def _compile_startup(trainer, model) -> None:
+    import jax
+    import numpy as np
+
+    from fiat_t5x.models.checkpoints import flatten
+    from fiat_t5x.models.lora import is_lora_path
+    from fiat_t5x.training import initial_params
+
+    base = [k for k in flatten(model.param_shapes()) if not is_lora_path(k)]
+    plan = initial_params.plan_startup(model, trainer.partitioner, trainer.selector, base)
+    with trainer.partitioner.context():
+        key = jax.ShapeDtypeStruct((2,), np.uint32)
+        initial_params.fresh_params_function(model, plan).lower(key).compile()
+        trainer.create_state_function().lower(trainer.trainable_shapes).compile()
+
+
 def worker(args: argparse.Namespace) -> None:
     import jax
     import optax
@@ -171,8 +188,11 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.path == "old":
         state, frozen = _old_startup(trainer, model, args.checkpoint)
-    else:
+    elif args.path == "new":
         state, frozen = trainer.initial_state(args.checkpoint, SEED)
+    else:  # what the new path spends compiling its two jitted functions, reading nothing
+        _compile_startup(trainer, model)
+        state, frozen = (), ()
     jax.block_until_ready((state, frozen))
     seconds = time.perf_counter() - start
     held = sum(
@@ -222,6 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--processes", default="1,2")
+    parser.add_argument("--paths", default=",".join(PATHS), help="old, new, compile (only)")
     parser.add_argument("--json", help="write every record here")
     parser.add_argument(
         "--malloc",
@@ -253,7 +274,7 @@ def main() -> None:
         print("|---|---:|---|---:|---:|---:|---:|---:|")
         for fmt in formats:
             for processes in counts:
-                for path in PATHS:
+                for path in [p for p in args.paths.split(",") if p]:
                     rows = run_case(checkpoints[fmt], fmt, path, processes, tmp, args.malloc)
                     records += rows
                     worst = max(rows, key=lambda r: r["peak_delta_bytes"])

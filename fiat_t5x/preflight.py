@@ -351,6 +351,7 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
     """Compile the configured run for `target` on this process's (fake) devices."""
     import jax
 
+    import gin
     from fiat_t5x.train import make_trainer
     from fiat_t5x.training import gin_cli, initial_params
     from fiat_t5x.training.optimizers import flatten_params
@@ -361,6 +362,14 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
             f"XLA_FLAGS=--xla_force_host_platform_device_count={target.devices} before JAX starts"
         )
     gin_cli.parse_gin(gin_cli.parse_args(gin_argv))
+    try:
+        gin.query_parameter("%MODEL")
+    except ValueError:
+        raise gin_cli.UsageError(
+            "the gin files define no MODEL: add a model file, e.g. "
+            "--gin_file=gin/models/flan_t5/xxl.gin (and gin/peft/lora.gin)"
+        ) from None
+    gin_cli.check_required_macros(("TASK_FEATURE_LENGTHS", "BATCH_SIZE"))
     arguments = _train_arguments()
     wanted = inspect.signature(make_trainer).parameters
     trainer = make_trainer(**{k: v for k, v in arguments.items() if k in wanted})

@@ -143,15 +143,19 @@ def test_same_losses_on_one_device_and_on_a_4x2_mesh():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("factor", [None, "NUM_REAL_TARGET_TOKENS"])
-def test_microbatching_gives_the_full_batch_update(factor):
+@pytest.mark.parametrize(
+    "factor,num_partitions,microbatches",
+    [(None, None, 4), ("NUM_REAL_TARGET_TOKENS", 2, 2)],  # one device; a data 4 x model 2 mesh
+)
+def test_microbatching_gives_the_full_batch_update(factor, num_partitions, microbatches):
     model = tiny_model(loss_normalizing_factor=factor)
     params = jax.device_get(model.init_params(jax.random.PRNGKey(4)))
     batch = make_batch(rows=8, seed=7)
     # SGD: the update is the gradient itself, so this compares accumulated gradients.
     one = jax.devices()[:1]
     full_state, _, full_loss = _run(_trainer(model, devices=one, opt=optax.sgd), params, batch, 1)
-    micro = _trainer(model, devices=one, microbatches=4, opt=optax.sgd)
+    where = dict(devices=one) if num_partitions is None else dict(num_partitions=num_partitions)
+    micro = _trainer(model, microbatches=microbatches, opt=optax.sgd, **where)
     micro_state, _, micro_loss = _run(micro, params, batch, 1)
     assert micro_loss[0] == pytest.approx(full_loss[0], rel=1e-5)
     full_p = optimizers.flatten_params(jax.device_get(full_state.params))

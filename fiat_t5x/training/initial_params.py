@@ -135,14 +135,10 @@ def plan_startup(
     selector = selector or TrainableSelector()
     params = model.param_shapes()
     flat = flatten_params(params)
-    axes = flatten_params(model.logical_axes())
+    shardings = flatten_params(partitioner.param_shardings(params, model.logical_axes()))
     selector.split(params)  # raises when the selector matches nothing
     shapes = {
-        k: jax.ShapeDtypeStruct(
-            v.shape,
-            selector.stored_dtype(k, v.dtype),
-            sharding=partitioner.sharding_for(axes[k], v.shape),
-        )
+        k: jax.ShapeDtypeStruct(v.shape, selector.stored_dtype(k, v.dtype), sharding=shardings[k])
         for k, v in flat.items()
     }
     trainable = frozenset(k for k in flat if selector.is_trainable(k))

@@ -188,9 +188,3 @@ def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> Par
     flat = flatten_params(frozen)
     flat.update(flatten_params(trainable))
     return unflatten_params(flat)
-
-
-def select_like(tree: Mapping[str, Any], like: Mapping[str, Any]) -> Params:
-    """The sub-tree of `tree` with exactly the paths of `like` (e.g. logical axes of trainables)."""
-    flat = flatten_params(tree)
-    return unflatten_params({k: flat[k] for k in flatten_params(like)})

@@ -32,8 +32,8 @@ def trained_params(
 ) -> tuple[dict, int]:
     """(full params, step): INITIAL_CHECKPOINT_PATH's base with the trained parameters of the
     newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none), as
-    `jax.Array`s sharded on `partitioner`'s mesh (default: every device, data-parallel) by the
-    training start-up (`initial_params`).
+    `jax.Array`s placed by the training start-up (`initial_params`) on `partitioner`'s mesh
+    (eval and infer pass the run's; default: this process's first device, as for τ's decoding).
 
     The base must be the one training started from: the same path, or for a random init
     (`initial_checkpoint_path=None`) the trainer's RANDOM_SEED as `seed`. With
@@ -41,9 +41,8 @@ def trained_params(
     falling back to the initial parameters.
     """
     everything = TrainableSelector(patterns=ALL_PATTERNS)
-    placed, _ = initial_params(
-        model, partitioner or Partitioner(), initial_checkpoint_path, everything, seed
-    )
+    partitioner = partitioner or Partitioner(devices=jax.local_devices()[:1])
+    placed, _ = initial_params(model, partitioner, initial_checkpoint_path, everything, seed)
     params = flatten_params(placed)
     restored = None
     if model_dir and os.path.isdir(model_dir):

@@ -233,18 +233,36 @@ def suggestions(report: Report) -> list[str]:
     over = report.peak_bytes - capacity
     ideas: list[tuple[float, str]] = []
     knobs = report.knobs
-    if knobs.get("remat_policy") in ("none", None) and "remat_policy" in knobs:
+    if knobs.get("remat_policy") == "none":
         ideas.append(
             (
                 0.8 * step.temporaries,
-                "rematerialise the layers: T5Config.remat_policy = 'full' (or 'dots_saveable'): "
-                "activations are recomputed in the backward pass (about 1/3 more FLOPs) "
-                f"instead of stored; up to {_gib(0.8 * step.temporaries)} GiB less",
+                "rematerialise the layers: REMAT_POLICY = 'full' (or 'dots_saveable'; "
+                "gin/models/pod_memory.gin): activations are recomputed in the backward pass "
+                f"(about 1/3 more FLOPs) instead of stored; up to {_gib(0.8 * step.temporaries)} "
+                "GiB less",
             )
         )
-    rows = report.batch_size // max(1, report.mesh.get("data", 1))
-    if rows // report.num_microbatches >= 2:
-        more = report.num_microbatches * 2
+    if knobs.get("scan_layers") and knobs.get("param_scan_axis") == 1:
+        ideas.append(
+            (
+                step.arguments / 2,
+                "config.T5Config.param_scan_axis = 0: a stack scanned on axis 1 is transposed "
+                "(copied) for every step; on axis 0 it is not (T5X's axis-1 checkpoints still load)",
+            )
+        )
+    model_axis = report.mesh.get("model", 1)
+    if knobs.get("activation_length") is None and model_axis > 1:
+        ideas.append(
+            (
+                step.temporaries / 3,
+                "sequence parallelism: gin/partitioning/pod.gin's rules (ACTIVATION_LENGTH = "
+                "'model') split the residual stream between blocks over `model`",
+            )
+        )
+    rows = report.batch_size // max(1, report.mesh.get("data", 1))  # per data shard
+    more = report.num_microbatches * 2
+    if rows % more == 0:
         ideas.append(
             (
                 step.temporaries / 2,
@@ -262,7 +280,6 @@ def suggestions(report: Report) -> list[str]:
                 f"({_gib(frozen_f32 / 2)} GiB less; trainable weights stay fp32)",
             )
         )
-    model_axis = report.mesh.get("model", 1)
     if report.target.devices % (model_axis * 2) == 0:
         ideas.append(
             (
@@ -273,7 +290,7 @@ def suggestions(report: Report) -> list[str]:
             )
         )
     if knobs.get("scan_layers") is False:
-        ideas.append((0.0, "T5Config.scan_layers = True compiles one layer per stack (with remat)"))
+        ideas.append((0.0, "SCAN_LAYERS = True compiles one layer body per stack (pod_memory.gin)"))
     ideas.sort(key=lambda idea: -idea[0])
     out = [text for saving, text in ideas if saving >= over]
     out += [text for saving, text in ideas if saving < over]
@@ -416,7 +433,10 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
         n_frozen=sum(math.prod(shapes[k].shape) for k in frozen),
         frozen_dtype=str(trainer.selector.frozen_dtype or config.param_dtype),
         frozen_f32_bytes=sum(a.per_device_bytes for a in frozen.values() if a.dtype == "float32"),
-        knobs={k: getattr(config, k) for k in _KNOBS if hasattr(config, k)},
+        knobs={
+            **{k: getattr(config, k) for k in _KNOBS if hasattr(config, k)},
+            "activation_length": dict(partitioner.logical_axis_rules).get("activation_length"),
+        },
         step=MemoryUse.of(compiled),
         startup=startup,
         startup_peak_bytes=startup_peak,

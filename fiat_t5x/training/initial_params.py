@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from fiat_t5x.models.checkpoints import storage
 from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, normalize_index
 from fiat_t5x.models.checkpoints.model_layout import to_model_layout
 from fiat_t5x.models.checkpoints.tree import cast_floating
@@ -34,7 +35,10 @@ from fiat_t5x.training.partitioning import Partitioner
 
 
 def is_huggingface_checkpoint(path: str) -> bool:
-    """A Hugging Face model directory: config.json beside *.safetensors (or a safetensors file)."""
+    """A local Hugging Face model directory: config.json beside *.safetensors (or a safetensors
+    file). Bucket URLs hold T5X checkpoints."""
+    if storage.is_url(path):
+        return False
     if os.path.isfile(path):
         return path.endswith(".safetensors")
     names = os.listdir(path) if os.path.isdir(path) else []
@@ -48,10 +52,11 @@ def open_checkpoint(path: str, model: Any, *, checkpoint_scan_axis: int = 1) -> 
     `checkpoint_scan_axis`, umT5) and HF directories are accepted; a scanned model gets its
     layers stacked on `config.param_scan_axis` (lazily: nothing is read here).
     """
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(
             f"INITIAL_CHECKPOINT_PATH={path!r} does not exist; point it at a T5X checkpoint_N "
-            "directory or a Hugging Face model directory, or set it to None to train from scratch"
+            "directory (local or gs://) or a Hugging Face model directory, or set it to None to "
+            "train from scratch"
         )
     if is_huggingface_checkpoint(path):
         from fiat_t5x.models.checkpoints.hf_t5 import open_hf_t5

@@ -273,3 +273,18 @@ def test_a_scanned_checkpoint_on_disk_reads_lazily_into_either_layout(tmp_path):
         np.testing.assert_array_equal(mlp_stack.read(), np.moveaxis(wi, 1, axis))
         q = stacked["encoder/layers/attention/query/kernel"].read()
         np.testing.assert_array_equal(q, np.moveaxis(query.reshape(emb, depth, -1), 1, axis))
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "orbax"])
+def test_a_bucket_url_reads_like_the_local_directory(fmt, fixture_dir, legacy_params):
+    """Pods read the base from a bucket: a TensorStore kvstore URL (`gs://...` in production;
+    `file://` here, through the same kvstore code path) reads the fixture bit for bit, also
+    from the model directory (latest checkpoint_N found by listing)."""
+    url = f"file://{fixture_dir / fmt}"
+    assert detect_t5x_format(url)[1] == f"{url}/checkpoint_1000" + (
+        "/state" if fmt == "orbax" else ""
+    )
+    params = flatten(load_t5x_params(url))
+    assert params.keys() == legacy_params.keys()
+    for path, value in legacy_params.items():
+        np.testing.assert_array_equal(params[path], value, err_msg=path)

@@ -53,10 +53,12 @@ def hf_checkpoint(tmp_path_factory, model, fixture_checkpoint):
 def _checkpoint(name, fixture_checkpoint, hf_checkpoint):
     if name == "hf":
         return hf_checkpoint
+    if name == "orbax_url":  # a bucket on a pod (gs://); file:// takes the same kvstore path
+        return "file://" + fixture_checkpoint.replace("/legacy/", "/orbax/")
     return fixture_checkpoint.replace("/legacy/", f"/{name}/")
 
 
-@pytest.mark.parametrize("fmt", ["legacy", "orbax", "hf"])
+@pytest.mark.parametrize("fmt", ["legacy", "orbax", "orbax_url", "hf"])
 def test_sharded_startup_gives_todays_parameters_with_the_partitioners_shardings(
     fmt, model, mesh_4x2, reference, fixture_checkpoint, hf_checkpoint
 ):

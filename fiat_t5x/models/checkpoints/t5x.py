@@ -1,6 +1,6 @@
 """`load_t5x_params(path)`: any T5X checkpoint directory -> the contract's nested param dict.
 
-Accepts a `checkpoint_N` directory in either T5X format (classic msgpack + zarr, or Orbax), an
+Accepts (on local disk or in a bucket, `gs://...`) a `checkpoint_N` directory in either T5X format (classic msgpack + zarr, or Orbax), an
 Orbax `state` directory, or a model directory holding `checkpoint_N` subdirectories (the highest
 step is taken). scalable_t5 / umT5 layouts (scanned layers, 3-D attention kernels) are converted.
 """
@@ -8,11 +8,10 @@ step is taken). scalable_t5 / umT5 layouts (scanned layers, 3-D attention kernel
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any
 
-from fiat_t5x.models.checkpoints import model_layout, t5x_legacy, t5x_orbax
+from fiat_t5x.models.checkpoints import model_layout, storage, t5x_legacy, t5x_orbax
 from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, materialize
 from fiat_t5x.models.checkpoints.tree import CheckpointError, cast_floating, unflatten
 
@@ -22,29 +21,32 @@ _STEP_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
 def detect_t5x_format(path: str) -> tuple[str, str]:
-    """(format, directory to read): LEGACY with the checkpoint dir, or ORBAX with the state dir."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
+    """(format, directory to read): LEGACY with the checkpoint dir, or ORBAX with the state dir.
+
+    `path` is a local directory or a bucket URL (`gs://...`; see `storage`)."""
+    path = storage.normalize(path)
+    if not storage.is_dir(path):
         raise CheckpointError(f"T5X checkpoint directory {path} does not exist")
-    if os.path.isfile(os.path.join(path, "checkpoint")):
+    if storage.is_file(storage.join(path, "checkpoint")):
         return LEGACY, path
-    if os.path.isfile(os.path.join(path, "state", t5x_orbax.METADATA_FILE)):
-        return ORBAX, os.path.join(path, "state")
-    if os.path.isfile(os.path.join(path, t5x_orbax.METADATA_FILE)):
+    if storage.is_file(storage.join(path, "state", t5x_orbax.METADATA_FILE)):
+        return ORBAX, storage.join(path, "state")
+    if storage.is_file(storage.join(path, t5x_orbax.METADATA_FILE)):
         return ORBAX, path
+    names = storage.list_dir(path)
     steps = sorted(
         (int(m.group(1)), name)
-        for name in os.listdir(path)
-        if (m := _STEP_DIR.match(name)) and os.path.isdir(os.path.join(path, name))
+        for name in names
+        if (m := _STEP_DIR.match(name)) and storage.is_dir(storage.join(path, name))
     )
     if steps:
-        latest = os.path.join(path, steps[-1][1])
+        latest = storage.join(path, steps[-1][1])
         logging.info("using the latest checkpoint %s", latest)
         return detect_t5x_format(latest)
     raise CheckpointError(
         f"{path} is not a T5X checkpoint: expected a `checkpoint` msgpack file (classic format), "
         f"`state/{t5x_orbax.METADATA_FILE}` (Orbax), or checkpoint_N subdirectories; found "
-        f"{sorted(os.listdir(path))[:10]}"
+        f"{names[:10]}"
     )
 
 

@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from fiat_t5x.models.checkpoints import storage
 from fiat_t5x.models.checkpoints.lazy_arrays import InMemoryArray, LazyArray, TensorStoreArray
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 
@@ -65,24 +66,23 @@ def _is_tensorstore_spec(node: Any) -> bool:
 
 
 def _absolute_kvstore(kvstore: Any, checkpoint_dir: str) -> Any:
-    """Spec paths are relative to the checkpoint directory; make them absolute (local or gs://)."""
+    """Spec paths are relative to the checkpoint directory; make them absolute (a local
+    directory or a bucket URL, see `storage`)."""
     if isinstance(kvstore, str):
         return kvstore
     path = kvstore.get("path", "")
     if os.path.isabs(path) or "://" in path:
         return kvstore
-    if checkpoint_dir.startswith("gs://"):
-        bucket, _, prefix = checkpoint_dir[len("gs://") :].partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": os.path.join(prefix, path)}
+    if storage.is_url(checkpoint_dir):
+        return storage.join(checkpoint_dir, path).rstrip("/") + "/"
     return {"driver": "file", "path": os.path.join(os.path.abspath(checkpoint_dir), path)}
 
 
 def read_msgpack(checkpoint_file: str) -> dict[str, Any]:
     """The decoded msgpack tree (inline arrays as numpy, TensorStore leaves as spec dicts)."""
     try:
-        with open(checkpoint_file, "rb") as f:
-            raw = f.read()
-    except OSError as e:
+        raw = storage.read_bytes(checkpoint_file)
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the T5X checkpoint file {checkpoint_file}: {e}") from e
     try:
         tree = msgpack.unpackb(raw, ext_hook=_ext_hook, raw=False, strict_map_key=False)
@@ -111,7 +111,7 @@ def open_legacy_params(checkpoint_dir: str) -> dict[str, LazyArray]:
     TensorStore leaves are opened (metadata only) and read later by index; inline leaves are
     small and already decoded. Multi-chunk arrays and bf16 zarr dtypes keep their stored dtype.
     """
-    checkpoint_file = os.path.join(checkpoint_dir, "checkpoint")
+    checkpoint_file = storage.join(checkpoint_dir, "checkpoint")
     target = _target_subtree(read_msgpack(checkpoint_file), checkpoint_file)
     pending: dict[str, Any] = {}
     params: dict[str, LazyArray] = {}

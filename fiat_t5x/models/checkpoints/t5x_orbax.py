@@ -15,6 +15,7 @@ from typing import Any
 
 import tensorstore as ts
 
+from fiat_t5x.models.checkpoints import storage
 from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, TensorStoreArray
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 
@@ -27,11 +28,13 @@ def _leaf_keys(entry: dict[str, Any], raw_key: str) -> list[str]:
     raise CheckpointError(f"{METADATA_FILE}: entry {raw_key!r} has no key_metadata")
 
 
-def _kvstore(state_dir: str, name: str, use_ocdbt: bool) -> dict[str, Any]:
-    base = os.path.abspath(state_dir)
+def _kvstore(state_dir: str, name: str, use_ocdbt: bool) -> Any:
+    base = storage.kvstore(state_dir)
     if use_ocdbt:
-        return {"driver": "ocdbt", "base": f"file://{base}", "path": f"{name}/"}
-    return {"driver": "file", "path": os.path.join(base, name) + "/"}
+        return {"driver": "ocdbt", "base": base, "path": f"{name}/"}
+    if isinstance(base, str):
+        return storage.join(base, name) + "/"
+    return {"driver": "file", "path": os.path.join(base["path"], name) + "/"}
 
 
 def open_orbax_params(state_dir: str, subtree: str = "target") -> dict[str, LazyArray]:
@@ -42,11 +45,10 @@ def open_orbax_params(state_dir: str, subtree: str = "target") -> dict[str, Lazy
       state_dir: the directory holding `_METADATA` (T5X: `checkpoint_N/state`).
       subtree: the top-level key to read.
     """
-    metadata_file = os.path.join(state_dir, METADATA_FILE)
+    metadata_file = storage.join(state_dir, METADATA_FILE)
     try:
-        with open(metadata_file) as f:
-            metadata = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        metadata = json.loads(storage.read_bytes(metadata_file))
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the Orbax metadata {metadata_file}: {e}") from e
     use_ocdbt = bool(metadata.get("use_ocdbt", False))
     driver = "zarr3" if metadata.get("use_zarr3", False) else "zarr"

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fiat_t5x.convert:main",
         "convert checkpoints: T5X <-> Hugging Face, PEFT adapters",
     ),
+    "preflight": (
+        "fiat_t5x.preflight:main",
+        "compile a train run ahead of time for a TPU slice: memory per chip, verdict",
+    ),
     "fiat-infer": ("fiat_t5x.inference.two_stage:main", "FIAT inference: β's rationale, then τ"),
     "icl": ("fiat_t5x.inference.icl:main", "few-shot CoT ICL baseline: β alone, answers parsed"),
     "mixture-rates": (

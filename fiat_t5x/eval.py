@@ -56,12 +56,12 @@ def evaluate(
         data_lib.check_feature_lengths(task, eval_dataset_cfg.task_feature_lengths)
     except ValueError as e:
         raise gin_cli.UsageError(str(e)) from None
-    partitioner = partitioner or Partitioner()
-    params, step = trained_params(
-        model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=partitioner
-    )
     trainer = inference_trainer(model, partitioner)
-    state, frozen = trainer.create_state(params)
+    params, step = trained_params(
+        model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=trainer.partitioner
+    )
+    # Placed on the mesh once: every parameter is "trainable" for the zero-update trainer.
+    state, frozen = trainer.state_from(params), {}
     evaluation = Evaluation(
         trainer,
         eval_dataset_cfg.mixture_or_task_name,

@@ -33,7 +33,6 @@ from fiat_t5x.training.checkpointing import (
     PreemptionWatcher,
 )
 from fiat_t5x.training.evaluation import Evaluation
-from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.metrics_writer import MetricsWriter
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.train_state import TrainState
@@ -133,6 +132,30 @@ def _exists_on_process_0(model_dir: str) -> bool:
     return exists
 
 
+def make_trainer(
+    *,
+    model: Any,
+    partitioner: Partitioner | None,
+    optimizer: Callable[..., optax.GradientTransformation],
+    learning_rate: optimizers_lib.Schedule | None,
+    trainable: optimizers_lib.TrainableSelector | None,
+    num_microbatches: int,
+    random_seed: int,
+) -> Trainer:
+    """The Trainer of a `train` call (shared with `fiat-t5x preflight`, which compiles its
+    step ahead of time): unset arguments get train's defaults."""
+    learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
+    return Trainer(
+        model,
+        partitioner or Partitioner(),
+        optimizer(learning_rate),
+        learning_rate,
+        trainable or optimizers_lib.TrainableSelector(),
+        num_microbatches=num_microbatches,
+        dropout_seed=random_seed,
+    )
+
+
 def train(
     *,
     model: Any,
@@ -175,17 +198,16 @@ def train(
     if eval_dataset_cfg is not None:
         check_task(eval_dataset_cfg)
     model_dir = os.path.abspath(model_dir)
-    learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
-    partitioner = partitioner or Partitioner()
-    trainer = Trainer(
-        model,
-        partitioner,
-        optimizer(learning_rate),
-        learning_rate,
-        trainable or optimizers_lib.TrainableSelector(),
+    trainer = make_trainer(
+        model=model,
+        partitioner=partitioner,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        trainable=trainable,
         num_microbatches=num_microbatches,
-        dropout_seed=random_seed,
+        random_seed=random_seed,
     )
+    partitioner = trainer.partitioner
     # Nothing is written to MODEL_DIR until the base, the data and the evaluation are known
     # to be good: a run that fails to start leaves no config.gin behind, and config.gin keeps
     # describing MODEL_DIR's checkpoints when a run of another configuration is turned away.
@@ -211,9 +233,7 @@ def train(
         vocab_coverage.warn_if_poorly_covered(
             name, split, max_examples=min(data_check_examples, 200)
         )
-    state, frozen = trainer.create_state(
-        initial_params(model, initial_checkpoint_path, random_seed)
-    )
+    state, frozen = trainer.initial_state(initial_checkpoint_path, random_seed)
     position = 0
     if checkpoints is not None:  # resume from the newest intact checkpoint
         try:

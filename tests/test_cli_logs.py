@@ -52,12 +52,21 @@ def test_install_filters_absl_records(caplog):
 def test_random_init_base_is_not_called_training(caplog, monkeypatch):
     """eval and infer rebuild a random-init base through the same function as train."""
 
-    class Model:
-        def init_params(self, rng):
-            return {"w": [0.0]}
+    import jax
+
+    from fiat_t5x.models import presets
+    from fiat_t5x.models.model import EncoderDecoderModel
+    from fiat_t5x.training.optimizers import TrainableSelector
+    from fiat_t5x.training.partitioning import Partitioner
 
     caplog.set_level(logging.INFO)
-    initial_params.initial_params(Model(), None, seed=3)
+    initial_params.initial_params(
+        EncoderDecoderModel(presets.micro()),
+        Partitioner(devices=jax.devices()[:1]),
+        None,
+        TrainableSelector([".*"]),
+        seed=3,
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert any("random init (seed 3)" in m for m in messages), messages
     assert not any("training" in m for m in messages), messages

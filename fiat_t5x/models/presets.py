@@ -41,3 +41,10 @@ def bench_small(**overrides: Any) -> T5Config:
     mlp 1024, 6+6 layers, vocab 384, fp32; about 38M parameters."""
     config = tiny(emb_dim=512, num_heads=8, head_dim=64, mlp_dim=1024)
     return dataclasses.replace(config, num_encoder_layers=6, num_decoder_layers=6, **overrides)
+
+
+def flan_t5_small(**overrides: Any) -> T5Config:
+    """Flan-T5 small's architecture (gin/models/flan_t5/small.gin) in fp32: vocab 32128, emb
+    512, 6 heads x 64, mlp 1024, 8+8 layers; 77M parameters (bench/startup_memory.py)."""
+    config = tiny(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024)
+    return dataclasses.replace(config, num_encoder_layers=8, num_decoder_layers=8, **overrides)

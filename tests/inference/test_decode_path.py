@@ -20,7 +20,6 @@ from fiat_t5x.models.model import EncoderDecoderModel
 from fiat_t5x.rationales.providers.local_t5 import LocalDecoding, LocalT5Provider
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training.evaluation import Evaluation
-from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.trainer import inference_trainer
 
@@ -33,7 +32,7 @@ BATCH = 8
 @pytest.fixture(scope="module")
 def setup():
     model = EncoderDecoderModel(presets.micro(), LoraConfig())
-    params = initial_params(model, None, seed=0)
+    params = jax.device_get(model.init_params(jax.random.PRNGKey(0)))
     partitioner = Partitioner(num_partitions=2)
     examples = list(
         data_lib.get_task_or_fail(TASK)

@@ -15,8 +15,9 @@ postprocessor does.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fiat_t5x.data.templates import Template, TemplateError, parse_template
 
@@ -114,6 +115,22 @@ def postprocess_cot(output: str | bytes, example=None, is_target: bool = False) 
     text = output.decode("utf-8") if isinstance(output, bytes) else output
     answer = extract_answer(text)
     return normalize_answer(text if answer is None else answer)
+
+
+def cot_postprocessor(then: Callable | None = None) -> Callable:
+    """`postprocess_cot`, followed by the task's own postprocessor when it has one.
+
+    The task's postprocessor sees the extracted answer, so one that attaches the example's
+    metadata (`metrics.postprocess_with_metadata`: id, language) still does, and the task's
+    metrics (per-language F1 / exact match) work on its CoT variants.
+    """
+    if then is None:
+        return postprocess_cot
+    return functools.partial(_postprocess_cot_then, then=then)
+
+
+def _postprocess_cot_then(output, example=None, is_target: bool = False, *, then: Callable):
+    return then(postprocess_cot(output), example=example, is_target=is_target)
 
 
 def check_cot_templates(templates: Sequence[Template], answer_field: str) -> None:

@@ -91,8 +91,8 @@ class FlanTaskSpec:
       options_space / few_shot: the formatting alternatives drawn per example.
       exemplar_split: where few-shot exemplars come from.
       variants: the variants to register (None: every variant the templates support).
-      postprocess_fn / metric_fns: for the direct-answer variants; CoT variants postprocess with
-        `cot.postprocess_cot` (the extracted, normalised final answer) and share `metric_fns`.
+      postprocess_fn / metric_fns: of every variant; CoT variants first extract and normalise
+        the final answer (`cot.postprocess_cot`), then apply `postprocess_fn` to it.
     """
 
     name: str
@@ -324,7 +324,11 @@ def register_flan_variants(
                 seqio.preprocessors.append_eos_after_trim,
             ],
             output_features=output_features,
-            postprocess_fn=cot_lib.postprocess_cot if formatting.cot else spec.postprocess_fn,
+            postprocess_fn=(
+                cot_lib.cot_postprocessor(spec.postprocess_fn)
+                if formatting.cot
+                else spec.postprocess_fn
+            ),
             metric_fns=list(spec.metric_fns),
         )
         _REGISTERED[name] = RegisteredVariant(spec, suffix, formatting, pool, vocabulary, add_eos)

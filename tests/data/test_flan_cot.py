@@ -12,7 +12,7 @@ import io
 import json
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
@@ -351,6 +351,25 @@ def test_formatting_is_after_the_cache_point_and_seeded(registration):
 
     assert choices(11) == choices(11)
     assert choices(11) != choices(12)
+
+
+def test_each_epoch_redraws_the_prompts_reproducibly(registration):
+    """SeqIO repeats before the post-cache steps and seeds each example from one stream, so the
+    second epoch draws new prompts; the same seed repeats both epochs, whatever the shuffle."""
+    task = seqio.get_mixture_or_task(f"{PREFIX}_qasc_cot_zs")
+
+    def per_id(seed, shuffle):
+        ds = task.get_dataset(None, split="train", shuffle=shuffle, seed=seed, num_epochs=2)
+        seen = defaultdict(list)
+        for ex in ds.as_numpy_iterator():
+            seen[ex["id"]].append((int(ex["template_index"]), ex["inputs_pretokenized"]))
+        return {example_id: sorted(both) for example_id, both in seen.items()}
+
+    first = per_id(7, shuffle=False)
+    assert all(len(both) == 2 for both in first.values())
+    same_template = sum(a[0] == b[0] for a, b in first.values())
+    assert_share(same_template, len(first), 1 / 10, "same template in both epochs")
+    assert per_id(7, shuffle=True) == first
 
 
 def test_malformed_lines_name_file_and_line_or_are_skipped(tmp_path):

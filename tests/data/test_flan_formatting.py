@@ -386,3 +386,31 @@ def test_a_user_task_gets_the_variants_it_asks_for_and_clear_errors():
         dataclasses.replace(spec, variants=("cot_zs",)).validate()
     with pytest.raises(TemplateError, match="reserved"):
         dataclasses.replace(spec, fields=("id", "question", "answer", "options")).validate()
+
+
+def test_cot_variants_keep_the_tasks_own_postprocessor_for_its_metrics():
+    """A spec with a metadata metric (XTREME-UP QA needs each target's language): its CoT
+    variants must extract the final answer *and* keep the metadata, or scoring them fails."""
+    from fiat_t5x.data import metrics
+    from fiat_t5x.data.flan_variants import FlanTaskSpec, register_flan_variants
+    from fiat_t5x.inference.scoring import score_predictions
+
+    rows = [(f"m-{i}", f"Is {i} even?", "yes" if i % 2 == 0 else "no", ()) for i in range(30)]
+    spec = FlanTaskSpec(
+        name="toy_metric",
+        source=_toy_source(rows),
+        fields=("id", "question", "answer"),
+        templates=(Template("{question}", "{answer}"),),
+        cot_templates=(Template("{question} Think.", "{question}{answer_sentence}"),),
+        postprocess_fn=metrics.postprocess_with_metadata,
+        metric_fns=(metrics.xtreme_up_qa,),
+        variants=("zsopt", "cot_zs"),
+    )
+    names = register_flan_variants(spec, overwrite=True)
+    examples = [{"id": "m-1", "language": "sw"}, {"id": "m-2", "language": "bn"}]
+    targets = ["Odd numbers are not even. The final answer: no.", "Two halves.\nAnswer: yes."]
+    predictions = ["It is odd, so the answer is no.", "So the answer is (maybe)."]
+    results = score_predictions(names["cot_zs"], examples, targets, predictions)
+    assert results["exact_match/sw"] == 100.0 and results["exact_match/bn"] == 0.0
+    direct = score_predictions(names["zsopt"], examples, ["no", "yes"], ["no", "maybe"])
+    assert direct["exact_match/sw"] == 100.0 and direct["exact_match/bn"] == 0.0

@@ -17,13 +17,12 @@ import pathlib
 from typing import Any
 
 import pytest
-import yaml
 
 import gin
 from fiat_t5x import train as train_script
-from fiat_t5x.sweeps.spec import Sweep, load_sweep, parse_sweep
-from fiat_t5x.sweeps.yaml_loader import load_yaml
+from fiat_t5x.sweeps.spec import Sweep, load_sweep
 from fiat_t5x.training import gin_cli, optimizers
+from tests.sweeps.conftest import configured_sweep, documented_bindings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ABLATIONS = REPO / "gin" / "sweeps" / "fiat_ablations.yaml"
@@ -75,33 +74,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
-def documented_bindings(path: pathlib.Path) -> dict[str, Any]:
-    """The `bindings:` block a sweep file shows in its comments (what a user uncomments and
-    fills in: the data, β, the two base checkpoints)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    start = lines.index("# bindings:") + 1
-    block = []
-    for line in lines[start:]:
-        if not line.startswith("#   "):
-            break
-        block.append(line[len("#   ") :])
-    assert block, f"{path}: no documented bindings"
-    return yaml.safe_load("\n".join(block))
-
-
-def configured_sweep(path: pathlib.Path, bindings: dict[str, Any]) -> Sweep:
-    """The sweep file with `bindings` as its shared bindings (as if the user had set them)."""
-    data = dict(load_yaml(path))
-    data["bindings"] = {**(data.get("bindings") or {}), **bindings}
-    return parse_sweep(data, path)
-
-
 def _recipe(sweep: Sweep, variant: str) -> dict[str, Any]:
     """The operative arguments of `train_script.train` for one variant, flattened, from the
     command line the sweep runs for it."""
     argv = sweep.argv(sweep.variant(variant), "/runs/x")
     start = argv.index(next(a for a in argv if a.startswith("--gin")))
-    gin_cli.parse_gin(gin_cli.parse_args(argv[start:]))
+    args = gin_cli.parse_args(argv[start:])
+    gin_cli.parse_gin(args)
+    gin_cli.check_macros(args, train_script.REQUIRED_MACROS)  # as `fiat-t5x train` does
     train = gin.config.ConfigurableReference("train_script.train", evaluate=False)
     recipe = _flatten(_configured(train))
     gin.clear_config()

@@ -5,6 +5,8 @@ split, on the mesh of `partitioning.Partitioner` (as in training): teacher-force
 and the task's SeqIO metrics, from seeded datasets, so the same checkpoint always gets the same
 numbers. Prints the metrics as JSON and appends them to MODEL_DIR/metrics.jsonl as a row of
 writer `eval_command` (with the split), which sweep reports keep apart from the trainer's eval.
+A task that reads β's rationales must read them from the store the run was trained on
+(MODEL_DIR/rationale_store.json), or the command stops before restoring anything.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import jax
 
+from fiat_t5x.rationales.run_checks import check_stores_read_by
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
 from fiat_t5x.training.evaluation import Evaluation
@@ -56,6 +59,8 @@ def evaluate(
         data_lib.check_feature_lengths(task, eval_dataset_cfg.task_feature_lengths)
     except ValueError as e:
         raise gin_cli.UsageError(str(e)) from None
+    # A FIAT run's task reads β's rationales: from the store it was trained on, or refused.
+    check_stores_read_by(model_dir, eval_dataset_cfg.mixture_or_task_name, eval_dataset_cfg.split)
     trainer = inference_trainer(model, partitioner)
     params, step = trained_params(
         model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=trainer.partitioner

@@ -4,7 +4,8 @@ Decodes a task split (or every task of a mixture) with the newest checkpoint of 
 the mesh of `partitioning.Partitioner` through the one decode path (`BatchDecoder`), from a
 seeded dataset (the same predictions on every run), and writes JSON lines `{"task", "index", "inputs", "targets", "prediction", ...}` to
 INFER_OUTPUT (default MODEL_DIR/inference/<task>-<split>.jsonl). Extra string fields of the
-examples (e.g. `id`, `language`) are copied through.
+examples (e.g. `id`, `language`) are copied through. A task that reads β's rationales must read
+them from the store the run was trained on (MODEL_DIR/rationale_store.json), as in `eval`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from fiat_t5x.models.batch_decoder import BatchDecoder
 from fiat_t5x.models.decoding import until_eos
+from fiat_t5x.rationales.run_checks import check_stores_read_by
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
 from fiat_t5x.training.partitioning import Partitioner
@@ -67,6 +69,7 @@ def infer(
         tasks = data_lib.leaf_tasks(mixture_or_task_name)
     except ValueError as e:
         raise gin_cli.UsageError(str(e)) from None
+    check_stores_read_by(model_dir, mixture_or_task_name, split)  # as `fiat-t5x eval` does
     partitioner = partitioner or Partitioner()
     params, step = trained_params(
         model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=partitioner

@@ -13,8 +13,9 @@ word. `RationaleChecks` runs at start-up (gin: `train_script.train.start_checks 
      examples without a rationale: any is an error (unless the task skips missing ones, or it is
      the inference split and a β can generate them then);
   4. records the store's identity in MODEL_DIR/rationale_store.json, so a resumed run with
-     another store, or a later `fiat-infer` with another β (`check_trained_identity`), is
-     refused by name.
+     another store, or a later `fiat-infer` with another β (`check_trained_identity`), or a
+     `fiat-t5x eval` / `infer` reading another store (`check_stores_read_by`), is refused by
+     name.
 """
 
 from __future__ import annotations
@@ -221,6 +222,16 @@ def read_trained_stores(model_dir: str) -> list[dict[str, Any]] | None:
             return list(json.load(f)["stores"])
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{path}: unreadable ({e}); delete it to record the store again") from None
+
+
+def check_stores_read_by(model_dir: str, mixture_or_task_name: str, split: str) -> None:
+    """`fiat-t5x eval` / `infer` of a trained run: every rationale store that `split` of the
+    task (or mixture) reads must be the one training recorded in MODEL_DIR (the rationales τ
+    learnt from), else StoreMismatchError naming both βs, before anything is restored. A task
+    that reads no rationales is not checked."""
+    joins = [join for join in rationale_joins(mixture_or_task_name) if join.reads(split)]
+    for directory in dict.fromkeys(join.directory() for join in joins):
+        check_trained_identity(model_dir, directory)
 
 
 def check_trained_identity(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from fiat_t5x import errors, gin_files
 from fiat_t5x.errors import UsageError
+from fiat_t5x.sweeps.binding_check import check_bindings_keep_variants_apart
 from fiat_t5x.sweeps.runner import SweepRunner, log_tail, run_one_process, variant_status
 from fiat_t5x.sweeps.spec import SweepFileError, load_sweep
 
@@ -95,6 +96,7 @@ def _run(sweep, args) -> int:
     only = [n for n in args.only.split(",") if n]
     flags = args.launcher_flags
     if args.launcher == "tpu":
+        check_bindings_keep_variants_apart(sweep)  # here, before a slice is paid for
         tpu = import_launcher("tpu")
         extra = ["--only", ",".join(only)] if only else []
         return tpu.main(["sweep", str(args.sweep), "--root", str(args.root), *extra, *flags])
@@ -129,6 +131,10 @@ def _status(sweep, args) -> int:
 
 
 def _list(sweep, args) -> int:
+    try:
+        check_bindings_keep_variants_apart(sweep)
+    except SweepFileError as e:
+        print(f"(the sweep cannot run: {e})")
     for v in sweep.variants:
         print(f"{v.name}  [{v.label}]")
         try:

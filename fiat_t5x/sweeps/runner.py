@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from fiat_t5x.sweeps.binding_check import check_bindings_keep_variants_apart
 from fiat_t5x.sweeps.metrics import final_metrics, metrics_path, read_metric_history
 from fiat_t5x.sweeps.spec import Sweep, SweepFileError, Variant, dump_variant
 
@@ -156,9 +157,14 @@ class SweepRunner:
         self.env = dict(os.environ if env is None else env)
 
     def run(self, only: Sequence[str] | None = None) -> list[RunResult]:
-        """Runs the selected variants (all by default); returns one result per variant."""
+        """Runs the selected variants (all by default); returns one result per variant.
+
+        Refuses (SweepFileError, nothing run) a sweep whose bindings would erase what its
+        variants' gin files set apart (`binding_check`)."""
+        selected = self.sweep.select(only)
+        check_bindings_keep_variants_apart(self.sweep)
         results = []
-        for variant in self.sweep.select(only):
+        for variant in selected:
             result = self.run_variant(variant)
             results.append(result)
             if result.state == "failed":

@@ -6,8 +6,9 @@
 --gin_search_paths=A,B   extra directories for gin files and their includes
 --debug                  show the traceback of an error (or set FIAT_T5X_DEBUG=1)
 
-A `--gin.NAME=` macro that no loaded gin file reads is refused with the closest names, and so
-is a `%NAME` that a file reads but nothing sets.
+A `--gin.NAME=` macro that no loaded gin file reads (or sets: a dataset file sets macros that
+only some of its ablation steps read) is refused with the closest names, and so is a `%NAME`
+that a file reads but nothing sets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
-from fiat_t5x import errors, gin_files
+from fiat_t5x import errors, gin_assignments, gin_files
 from fiat_t5x.data import sources  # noqa: F401 - registers `malformed_lines` before bindings
 from fiat_t5x.errors import UsageError
 from fiat_t5x.training import log_noise, tf_devices
@@ -201,15 +202,25 @@ def macros_set() -> set[str]:
     return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
 
 
+def macros_set_by_files(args: GinArgs) -> set[str]:
+    """Macros the loaded gin files set (read statically): a family of files shares them, e.g.
+    BASE_CHECKPOINT_PATH, which the dataset file sets and only the last ablation step reads."""
+    search = gin_files.search_paths(args.search_paths)
+    files = [gin_files.find(name, args.search_paths) for name in args.gin_files]
+    assigned = gin_assignments.last_assignments([f for f in files if f], search)
+    return {key for key in assigned if _MACRO_NAME.match(key)}
+
+
 def check_macros(args: GinArgs, required: Sequence[str] = ()) -> None:
-    """Refuse command-line macros that no loaded file reads (typos), macros that files read
-    but nothing sets, and `required` macros left unset or %gin.REQUIRED."""
+    """Refuse command-line macros that no loaded file reads or sets (typos), macros that files
+    read but nothing sets, and `required` macros left unset or %gin.REQUIRED."""
     readers, bound = macro_readers(), macros_set()
     known = set(readers) | bound | set(required)
+    declared = macros_set_by_files(args) | set(readers) | set(required)
     flags = args.binding_flags or args.bindings
     for binding, flag in zip(args.bindings, flags, strict=True):
         name = binding.partition("=")[0].strip()
-        if _MACRO_NAME.match(name) and name not in readers and name not in required:
+        if _MACRO_NAME.match(name) and name not in declared:
             raise UsageError(
                 f"{flag}: no loaded gin file reads the macro {name}"
                 f"{errors.closest(name, known - {name})}. Fix the name, or bind a parameter "

@@ -140,3 +140,53 @@ def test_gin_built_checkpoint_provider_loads_on_first_use(shared_dir, tmp_path):
     assert key == "k" and isinstance(outcome, Generation)
     assert outcome.prompt_tokens == len("hello") + 1  # seqio's byte ids, plus EOS
     assert provider.loaded.model.config.emb_dim == 64  # inferred from the checkpoint
+
+
+def test_the_checkpoint_beta_decodes_sharded_on_the_training_mesh(shared_dir):
+    """Built by gin as a run builds it, the local β decodes on training's Partitioner (here 4x2
+    over the 8 fake CPU devices), its parameters sharded over `model`, and writes exactly what
+    the same checkpoint writes decoded on one device."""
+    import gin
+    from fiat_t5x.models.checkpoints.t5x import load_t5x_params
+    from fiat_t5x.rationales.providers.t5_checkpoint import T5CheckpointProvider
+
+    checkpoint = shared_dir / "fixtures" / "t5x_tiny_checkpoint" / "legacy" / "checkpoint_1000"
+    gin.clear_config()
+    gin.parse_config_files_and_bindings(
+        [str(GIN / "runs" / "rationales.gin"), str(GIN / "fiat" / "beta" / "local_t5.gin")],
+        [
+            f"BETA_CHECKPOINT = '{checkpoint}'",
+            "BETA_VOCABULARY = 'byte'",
+            "BETA_MODEL = 'fixture@1000'",
+            "partitioning.Partitioner.num_partitions = 2",
+            "t5_checkpoint.T5CheckpointProvider.batch_size = 3",
+            "t5_checkpoint.T5CheckpointProvider.max_input_length = 32",
+            f"t5_checkpoint.T5CheckpointProvider.max_decode_length = {DECODE}",
+        ],
+        finalize_config=False,
+    )
+    try:
+        provider = gin.query_parameter("%BETA").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    assert isinstance(provider, T5CheckpointProvider)
+    prompts = ["a", "hello there", "zz top", "Ünïcode ok", "one more prompt", "six"]
+    sharded = dict(provider.generate(enumerate(prompts)))
+
+    local = provider.loaded
+    assert dict(local.partitioner.mesh.shape) == {"data": 4, "model": 2}
+    assert local.batch_size == 4  # 3 rounded up to whole rows on each of the 4 data shards
+    leaves = jax.tree.leaves(local.params)
+    assert all(x.sharding.mesh == local.partitioner.mesh for x in leaves)
+    assert any("model" in x.sharding.spec for x in leaves)  # really split, not replicated
+
+    one_device = LocalT5Provider(
+        local.model,
+        load_t5x_params(str(checkpoint)),
+        local.vocabulary,
+        model_name="fixture@1000",
+        decoding=provider.settings,
+    )
+    single = dict(one_device.generate(enumerate(prompts)))
+    assert single == sharded
+    assert len({g.text for g in single.values()}) > 1  # the rows really are different decodes

@@ -13,6 +13,8 @@ import seqio
 import tensorflow as tf
 
 import gin
+from fiat_t5x import eval as eval_script
+from fiat_t5x import infer as infer_script
 from fiat_t5x import train as train_script
 from fiat_t5x.inference.two_stage import fiat_infer
 from fiat_t5x.rationales import run_checks
@@ -76,14 +78,15 @@ def beta(model: str = "beta-a") -> OpenAIProvider:
     return OpenAIProvider(base_url="http://127.0.0.1:1/v1", model=model, api_key_env="")
 
 
-def write_store(directory: pathlib.Path, ibeta_file: pathlib.Path, splits=tuple(SPLITS)) -> str:
+def write_store(
+    directory: pathlib.Path, ibeta_file: pathlib.Path, splits=tuple(SPLITS), model: str = "beta-a"
+) -> str:
     prompt = load_prompt(ibeta_file, "toy")
-    provider = beta()
-    identity = identity_for(provider, prompt)
+    identity = identity_for(beta(model), prompt)
     with RationaleStore.open_for_writing(directory, identity, fsync=False) as store:
         store.append(
             RationaleRecord(
-                BASE, split, i, f"because {i}", "openai_http", "beta-a", prompt.sha256, "p", {}, "t"
+                BASE, split, i, f"because {i}", "openai_http", model, prompt.sha256, "p", {}, "t"
             )
             for split in splits
             for i in ids(split)
@@ -202,3 +205,45 @@ def test_the_store_identity_is_recorded_and_fiat_infer_refuses_another_beta(
     monkeypatch.setenv(STORE_ENV, str(other))
     with pytest.raises(StoreMismatchError, match="was trained on rationales of another store"):
         run_checks.RationaleChecks()(str(model_dir), datasets)
+
+
+def test_eval_and_infer_refuse_a_store_other_than_the_one_training_recorded(
+    toy_fiat, tmp_path, monkeypatch, capsys
+):
+    gin.clear_config()
+    ibeta = write_ibeta(tmp_path)
+    trained_on = write_store(tmp_path / "store_a", ibeta)
+    other = write_store(tmp_path / "store_b", ibeta, model="beta-b")
+    model_dir = tmp_path / "run"
+    monkeypatch.setenv(STORE_ENV, trained_on)
+    train = DatasetConfig(f"{BASE}_fiat", {"inputs": 64, "targets": 8}, 2, split="train")
+    run_checks.RationaleChecks(ibeta_file=str(ibeta), ibeta_task="toy")(str(model_dir), [train])()
+    monkeypatch.delenv(STORE_ENV)
+    common = [
+        f"--gin_file={TINY_GIN}",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.MIXTURE_OR_TASK_NAME='{BASE}_fiat'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+        "--gin.INITIAL_CHECKPOINT_PATH=None",
+        f"--gin.injection.rationale_store.directory='{other}'",
+    ]
+    for main, run_file in (
+        (eval_script.main, "runs/eval.gin"),
+        (infer_script.main, "runs/infer.gin"),
+    ):
+        assert main([*common, f"--gin_file={run_file}"]) == 2
+        err = capsys.readouterr().err
+        assert f"τ in {model_dir} was trained on rationales of β openai_http model 'beta-a'" in err
+        assert f"RATIONALE_STORE {other} holds β openai_http model 'beta-b'" in err
+        assert "Point RATIONALE_STORE at the store τ was trained on" in err
+    assert sorted(p.name for p in model_dir.iterdir()) == [run_checks.RECORD_FILE]  # no output
+
+    gin.clear_config()  # the store comes from $FIAT_RATIONALE_STORE below
+    monkeypatch.setenv(STORE_ENV, trained_on)  # the store it was trained on passes, every split
+    for split in SPLITS:
+        run_checks.check_stores_read_by(str(model_dir), f"{BASE}_fiat", split)
+    monkeypatch.setenv(STORE_ENV, other)
+    run_checks.check_stores_read_by(str(model_dir), BASE, "test")  # reads no rationales
+    with pytest.raises(StoreMismatchError, match="holds β openai_http model 'beta-b'"):
+        run_checks.check_stores_read_by(str(model_dir), f"{BASE}_distilled_cot", "train")
+    run_checks.check_stores_read_by(str(model_dir), f"{BASE}_distilled_cot", "test")  # label rows

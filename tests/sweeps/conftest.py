@@ -5,8 +5,13 @@ from __future__ import annotations
 import pathlib
 import sys
 import textwrap
+from typing import Any
 
 import pytest
+import yaml
+
+from fiat_t5x.sweeps.spec import Sweep, parse_sweep
+from fiat_t5x.sweeps.yaml_loader import load_yaml
 
 FAKE_TRAINER = pathlib.Path(__file__).with_name("fake_trainer.py")
 
@@ -69,3 +74,24 @@ def two_variant_sweep(directory: pathlib.Path, wait_for: str = "") -> pathlib.Pa
 
     body = TWO_VARIANTS.format(command=json.dumps(fake_command()), wait_for=json.dumps(wait_for))
     return write_sweep(directory, body)
+
+
+def documented_bindings(path: pathlib.Path) -> dict[str, Any]:
+    """The `bindings:` block a sweep file shows in its comments (what a user uncomments and
+    fills in: the data, β, the two base checkpoints)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = lines.index("# bindings:") + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[len("#   ") :])
+    assert block, f"{path}: no documented bindings"
+    return yaml.safe_load("\n".join(block))
+
+
+def configured_sweep(path: pathlib.Path, bindings: dict[str, Any]) -> Sweep:
+    """The sweep file with `bindings` as its shared bindings (as if the user had set them)."""
+    data = dict(load_yaml(path))
+    data["bindings"] = {**(data.get("bindings") or {}), **bindings}
+    return parse_sweep(data, path)

@@ -1,10 +1,13 @@
 """The ablation ladders mean what the paper means: neighbouring rungs differ in exactly the one
 ingredient the paper removes, and full fine-tuning is T5X's recipe (Adafactor defaults).
 
-Each rung's operative training configuration is read from its gin stack (as the sweep runs it)
-by resolving every argument of `train_script.train`: macros, references and the defaults of
-each configurable that is called, so a binding that is present but unused (LoRA settings after
-`lora = None`) does not count, and a default that is silently overridden does.
+Each rung's operative training configuration is read from the exact command line the sweep
+runs (`Sweep.argv`: its gin files, then its bindings, which gin applies after every file), with
+the bindings the sweep file documents for a real run, by resolving every argument of
+`train_script.train`: macros, references and the defaults of each configurable that is called,
+so a binding that is present but unused (LoRA settings after `lora = None`) does not count, and
+a default that is silently overridden does (a sweep binding of INITIAL_CHECKPOINT_PATH would make
+"w/o instruction-tuned base" equal "w/o PEFT").
 """
 
 from __future__ import annotations
@@ -17,18 +20,12 @@ import pytest
 
 import gin
 from fiat_t5x import train as train_script
-from fiat_t5x.sweeps.spec import gin_literal, load_sweep
+from fiat_t5x.sweeps.spec import Sweep, load_sweep
 from fiat_t5x.training import gin_cli, optimizers
+from tests.sweeps.conftest import configured_sweep, documented_bindings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# Values the dataset files leave %gin.REQUIRED (paths on the user's machine), in a gin file
-# stacked right after the dataset file, so the rungs' own files still override them (a
-# `--gin.INITIAL_CHECKPOINT_PATH` flag would win over gin/ablations/wo_instruction_tuned_base.gin).
-REQUIRED = """
-INITIAL_CHECKPOINT_PATH = '/ckpt/flan_t5_base/checkpoint_1184000'
-BASE_CHECKPOINT_PATH = '/ckpt/t5_1_1_base/checkpoint_1000000'
-RATIONALE_STORE = '/data/rationales'
-"""
+ABLATIONS = REPO / "gin" / "sweeps" / "fiat_ablations.yaml"
 # What each rung may change: the paper's one ingredient, as the arguments of train() it reaches.
 TASK = ("train_dataset_cfg.mixture_or_task_name", "eval_dataset_cfg.mixture_or_task_name")
 PEFT = ("model.lora", "trainable.", "optimizer.", "learning_rate.")
@@ -77,18 +74,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
-def _recipe(sweep_file: str, variant: str, paths_file: pathlib.Path | None) -> dict[str, Any]:
-    """The operative arguments of `train_script.train` for one variant of a sweep, flattened."""
-    sweep = load_sweep(REPO / sweep_file)
-    v = sweep.variant(variant)
-    dataset, *rung = [str(f) for f in sweep.resolve_gin_files(v)]
-    bindings = {**v.bindings, "MODEL_DIR": "/runs/x"}
-    gin_cli.parse_gin(
-        gin_cli.GinArgs(
-            gin_files=[dataset, *([str(paths_file)] if paths_file else []), *rung],
-            bindings=[f"{k} = {gin_literal(value)}" for k, value in bindings.items()],
-        )
-    )
+def _recipe(sweep: Sweep, variant: str) -> dict[str, Any]:
+    """The operative arguments of `train_script.train` for one variant, flattened, from the
+    command line the sweep runs for it."""
+    argv = sweep.argv(sweep.variant(variant), "/runs/x")
+    start = argv.index(next(a for a in argv if a.startswith("--gin")))
+    args = gin_cli.parse_args(argv[start:])
+    gin_cli.parse_gin(args)
+    gin_cli.check_macros(args, train_script.REQUIRED_MACROS)  # as `fiat-t5x train` does
     train = gin.config.ConfigurableReference("train_script.train", evaluate=False)
     recipe = _flatten(_configured(train))
     gin.clear_config()
@@ -100,19 +93,19 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def paths_file(tmp_path_factory) -> pathlib.Path:
-    path = tmp_path_factory.mktemp("gin") / "paths.gin"
-    path.write_text(REQUIRED)
-    return path
+def real_bindings() -> dict[str, Any]:
+    return documented_bindings(ABLATIONS)
 
 
 @pytest.fixture(scope="module")
-def recipes(paths_file) -> dict[str, dict[str, dict[str, Any]]]:
+def recipes(real_bindings) -> dict[str, dict[str, dict[str, Any]]]:
     assert train_script.train  # the configurable the gin files bind
     names = ["fiat", *LADDER]
+    ablations = configured_sweep(ABLATIONS, real_bindings)
+    demo = load_sweep(REPO / "gin" / "sweeps" / "demo.yaml")
     return {
-        "xor_attriqa": {n: _recipe("gin/sweeps/fiat_ablations.yaml", n, paths_file) for n in names},
-        "demo": {n: _recipe("gin/sweeps/demo.yaml", n, None) for n in names},
+        "xor_attriqa": {n: _recipe(ablations, n) for n in names},
+        "demo": {n: _recipe(demo, n) for n in names},
     }
 
 
@@ -143,7 +136,17 @@ def test_full_fine_tuning_uses_t5x_adafactor_defaults(recipes):
     assert lora["optimizer.multiply_by_parameter_scale"] is False
 
 
-def test_the_fine_tune_baseline_is_the_last_rung_of_the_ladder(recipes, paths_file):
-    baseline = _recipe("gin/sweeps/baselines.yaml", "finetune", paths_file)
+def test_the_fine_tune_baseline_is_the_last_rung_of_the_ladder(recipes, real_bindings):
+    baselines = configured_sweep(REPO / "gin" / "sweeps" / "baselines.yaml", real_bindings)
+    baseline = _recipe(baselines, "finetune")
     last = recipes["xor_attriqa"]["wo_instruction_tuned_base"]
     assert _differences(baseline, last) == set()
+
+
+def test_the_ladder_starts_from_each_base_the_sweep_file_names(recipes, real_bindings):
+    rungs = recipes["xor_attriqa"]
+    instruction_tuned = real_bindings["INSTRUCTION_TUNED_CHECKPOINT_PATH"]
+    for name in ("fiat", "wo_cot", "wo_instruction", "wo_peft"):
+        assert rungs[name]["initial_checkpoint_path"] == instruction_tuned, name
+    base = rungs["wo_instruction_tuned_base"]["initial_checkpoint_path"]
+    assert base == real_bindings["BASE_CHECKPOINT_PATH"] != instruction_tuned

@@ -2,8 +2,10 @@
 
 Prompts are tokenized with the given vocabulary, EOS-terminated and padded to a fixed
 `[batch_size, max_input_length]`, so every batch reuses one compiled decode; the last batch is
-filled with padding rows that are thrown away. A prompt longer than `max_input_length` is a
-permanent failure (truncating a few-shot prompt would silently drop the query at its end).
+filled with padding rows that are thrown away. On a mesh the batch is rounded up to a multiple of
+its data-parallel size (whole rows per data shard; greedy outputs do not depend on it). A prompt
+longer than `max_input_length` is a permanent failure (truncating a few-shot prompt would
+silently drop the query at its end).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Vocabulary(Protocol):
 @dataclasses.dataclass(frozen=True)
 class LocalDecoding:
     """Attributes:
-    batch_size: prompts per decode call (fixed shape: one compile).
+    batch_size: prompts per decode call (fixed shape: one compile), at least: rounded up to a
+      multiple of the partitioner's data-parallel size.
     max_input_length: prompt tokens at most, EOS included.
     max_decode_length: generated tokens at most.
     method / num_beams / temperature / top_k / top_p: passed to `predict_batch`;
@@ -97,6 +100,9 @@ class LocalT5Provider(Provider):
         self.model_name = model_name
         self.settings = decoding
         self.partitioner = partitioner
+        data_parallel = partitioner.data_parallel_size if partitioner is not None else 1
+        # Prompts per decode call: the configured batch in whole rows per data shard.
+        self.batch_size = -(-decoding.batch_size // data_parallel) * data_parallel
         self._decoder: BatchDecoder | None = None
         self._rng = None
 
@@ -108,7 +114,7 @@ class LocalT5Provider(Provider):
         return self.settings.to_json()
 
     def _decode_batch(self, token_lists: list[list[int]]) -> np.ndarray:
-        """[len(token_lists), max_decode_length] int32 from up to batch_size EOS-terminated
+        """[len(token_lists), max_decode_length] int32 from up to self.batch_size EOS-terminated
         prompts (padded to one shape by the decoder: one compile)."""
         import jax
 
@@ -118,7 +124,7 @@ class LocalT5Provider(Provider):
                 self.model,
                 self.params,
                 partitioner=self.partitioner,
-                batch_size=s.batch_size,
+                batch_size=self.batch_size,
                 max_decode_length=s.max_decode_length,
                 method=s.method,
                 num_beams=s.num_beams,
@@ -144,7 +150,7 @@ class LocalT5Provider(Provider):
     ) -> Iterator[list[tuple[Hashable, Outcome]]]:
         s = self.settings
         items = iter(items)
-        while chunk := list(itertools.islice(items, s.batch_size)):
+        while chunk := list(itertools.islice(items, self.batch_size)):
             group: list[tuple[Hashable, Outcome]] = []
             batch: list[tuple[Hashable, list[int]]] = []
             for key, prompt in chunk:

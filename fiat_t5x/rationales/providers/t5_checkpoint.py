@@ -2,7 +2,9 @@
 
 Building the object records settings only; the checkpoint is read when β is first asked
 (a training run builds β to compare identities and must not load an XXL model for that). It
-then decodes with `LocalT5Provider` (batched, fixed shapes, one compile).
+then decodes with `LocalT5Provider` (batched, fixed shapes, one compile) on the partitioner's
+mesh, sharded like evaluation and inference (gin/fiat/beta/local_t5.gin binds training's
+`partitioning.Partitioner()`, so NUM_PARTITIONS applies to β too).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class T5CheckpointProvider(Provider):
       can move between machines.
     batch_size / max_input_length / max_decode_length / method / num_beams / temperature /
       top_k / top_p / seed: `LocalDecoding`.
+    partitioner: the mesh β decodes on (`fiat_t5x.training.partitioning.Partitioner`); None: a
+      default `Partitioner()` (every device, data-parallel), built when the checkpoint is read.
+      The mesh is not part of the store identity: it changes how β runs, not what it writes.
     """
 
     def __init__(
@@ -50,8 +55,10 @@ class T5CheckpointProvider(Provider):
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int = 0,
+        partitioner: Any = None,
     ) -> None:
         self.checkpoint = checkpoint
+        self.partitioner = partitioner
         self.vocabulary = vocabulary
         self.model_name = model_name
         self.settings = LocalDecoding(
@@ -110,6 +117,7 @@ class T5CheckpointProvider(Provider):
         from fiat_t5x.models.checkpoints.layout import infer_config
         from fiat_t5x.models.checkpoints.t5x import load_t5x_params
         from fiat_t5x.models.model import EncoderDecoderModel
+        from fiat_t5x.training.partitioning import Partitioner
 
         self.check()
         params = load_t5x_params(self.checkpoint)
@@ -120,7 +128,12 @@ class T5CheckpointProvider(Provider):
         )
         model = EncoderDecoderModel(infer_config(params))
         return LocalT5Provider(
-            model, params, vocab, model_name=self.model_name, decoding=self.settings
+            model,
+            params,
+            vocab,
+            model_name=self.model_name,
+            decoding=self.settings,
+            partitioner=self.partitioner or Partitioner(),
         )
 
     def generate(self, items: Iterable[tuple[Hashable, str]]) -> Iterator[tuple[Hashable, Outcome]]:

@@ -17,6 +17,7 @@ import jax
 
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
+from fiat_t5x.training import eval_records as records_lib
 from fiat_t5x.training.evaluation import Evaluation
 from fiat_t5x.training.metrics_writer import MetricsWriter
 from fiat_t5x.training.partitioning import Partitioner
@@ -43,8 +44,11 @@ def evaluate(
     decode_method: str = "greedy",
     num_beams: int = 4,
     random_seed: int = 0,
+    eval_records: bool = True,
 ) -> dict[str, float]:
     """Metrics of the newest checkpoint on `eval_dataset_cfg.split`.
+
+    With `eval_records`, the per-example records go to MODEL_DIR/records/eval (as in training).
 
     `random_seed` must be the training run's RANDOM_SEED when it started from a random init
     (INITIAL_CHECKPOINT_PATH=None): the frozen base is rebuilt from it, never saved.
@@ -69,6 +73,7 @@ def evaluate(
         decode_method=decode_method,
         num_beams=num_beams,
         feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
+        records_dir=records_lib.records_dir(model_dir, "eval") if eval_records else None,
     )
     results = evaluation(state.replace(step=state.step + step), frozen)
     if jax.process_index() == 0:

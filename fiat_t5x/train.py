@@ -20,6 +20,7 @@ import optax
 
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
+from fiat_t5x.training import eval_records as records_lib
 from fiat_t5x.training import optimizers as optimizers_lib
 from fiat_t5x.training.checkpointing import CheckpointManager, PreemptionWatcher
 from fiat_t5x.training.evaluation import Evaluation
@@ -82,8 +83,13 @@ def train(
     keep_checkpoints: int | None = 3,
     log_period: int = 10,
     peak_flops_per_device: float | None = None,
+    eval_records: bool = True,
 ) -> TrainResult:
-    """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible)."""
+    """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible).
+
+    `eval_records`: each SeqIO evaluation also writes its per-example records to
+    MODEL_DIR/records/eval (`fiat_t5x.training.eval_records`; sweep reports bootstrap them).
+    """
     check_task(train_dataset_cfg)
     if eval_dataset_cfg is not None:
         check_task(eval_dataset_cfg)
@@ -129,6 +135,7 @@ def train(
             num_examples=eval_num_examples,
             run_seqio=run_seqio_eval,
             feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
+            records_dir=records_lib.records_dir(model_dir, "eval") if eval_records else None,
         )
     writer = MetricsWriter(model_dir)
     watcher = PreemptionWatcher()

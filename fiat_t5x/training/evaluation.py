@@ -10,6 +10,7 @@ Two kinds, both over an unpacked, unshuffled split that every host reads in full
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from fiat_t5x.training import data as data_lib
+from fiat_t5x.training import eval_records
 from fiat_t5x.training.optimizers import merge_params
 from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import Trainer
@@ -62,6 +64,8 @@ class Evaluation:
       run_seqio: also compute the task's metric functions (decoding is slower).
       feature_converter_cls: as `DatasetConfig.feature_converter_cls` (always unpacked here);
         None is SeqIO's EncDecFeatureConverter.
+      records_dir: where the SeqIO evaluation writes its per-example records
+        (`fiat_t5x.training.eval_records`, e.g. MODEL_DIR/records/eval); None writes none.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Evaluation:
         num_beams: int = 4,
         max_decode_length: int | None = None,
         feature_converter_cls: data_lib.FeatureConverterFactory | None = None,
+        records_dir: str | os.PathLike | None = None,
     ) -> None:
         self.trainer = trainer
         self.name = mixture_or_task_name
@@ -90,6 +95,7 @@ class Evaluation:
         self.decode_kwargs = {"method": decode_method, "num_beams": num_beams}
         self.max_decode_length = max_decode_length or self.lengths["targets"]
         self.feature_converter_cls = feature_converter_cls
+        self.records_dir = records_dir
         dp = trainer.partitioner.data_parallel_size
         if batch_size % dp:
             raise ValueError(
@@ -134,6 +140,12 @@ class Evaluation:
                 num_examples=self.num_examples,
                 shuffle=False,
                 async_compute_metrics=False,
+                logger_cls=(
+                    [eval_records.records_logger(self.split)]
+                    if self.records_dir is not None
+                    else ()
+                ),
+                log_dir=None if self.records_dir is None else os.fspath(self.records_dir),
             )
         return self._evaluator
 

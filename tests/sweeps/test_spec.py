@@ -103,6 +103,30 @@ def test_argv_resolves_gin_files_and_sets_model_dir(tmp_path):
     assert f"--gin.MODEL_DIR='{tmp_path / 'root' / 'v'}'" in argv
 
 
+def test_root_in_bindings_and_extra_flags_point_variants_at_each_other(tmp_path):
+    (tmp_path / "gin").mkdir()
+    (tmp_path / "gin" / "a.gin").write_text("")
+    path = write_sweep(
+        tmp_path,
+        """\
+        name: s
+        gin_search_paths: ["."]
+        bindings: {STORE: "{root}/beta/store", PATHS: ["{root}/a", 3]}
+        variants:
+          v: {gin_files: [gin/a.gin]}
+        """,
+    )
+    sweep = load_sweep(path).with_extra_args(["--gin.STEPS=4", "--gin.OUT='{root}/x'"])
+    root = tmp_path / "root"
+    argv = sweep.argv(sweep.variant("v"), root / "v")
+    assert f"--gin.STORE='{root}/beta/store'" in argv
+    assert f"--gin.PATHS=['{root}/a', 3]" in argv
+    # Added flags come last, so they win over the variant's own bindings.
+    assert argv[-2:] == ["--gin.STEPS=4", f"--gin.OUT='{root}/x'"]
+    with pytest.raises(SweepFileError, match="only --gin_file=FILE and --gin.NAME=VALUE"):
+        sweep.with_extra_args(["--only=v"])
+
+
 def test_missing_gin_file_is_reported_when_run_not_when_parsed(tmp_path):
     path = write_sweep(
         tmp_path,

@@ -161,10 +161,10 @@ def main_table(results: SweepResults) -> Table:
 
 def language_metrics(results: SweepResults, spec: LanguageTable, name: str) -> dict[str, float]:
     """`{language: value}` of one variant for a per-language key such as `acc/{language}`."""
-    return {lang: value for lang, (value, _) in _language_entries(results, spec, name).items()}
+    return {lang: value for lang, (value, _) in language_entries(results, spec, name).items()}
 
 
-def _language_entries(
+def language_entries(
     results: SweepResults, spec: LanguageTable, name: str
 ) -> dict[str, tuple[float, str]]:
     """`{language: (value, metric name)}` of one variant."""
@@ -180,7 +180,7 @@ def _language_entries(
 def language_table(results: SweepResults, spec: LanguageTable) -> Table:
     """Rows: variants; columns: languages and their mean; plus the gain row."""
     names = results.row_names()
-    per_variant = {n: _language_entries(results, spec, n) for n in names}
+    per_variant = {n: language_entries(results, spec, n) for n in names}
     languages = list(spec.languages) or sorted({lang for m in per_variant.values() for lang in m})
     columns = [Column(task=lang, metric="", key=lang) for lang in languages]
     columns.append(Column(task="mean", metric="", key="mean"))

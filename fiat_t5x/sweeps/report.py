@@ -207,60 +207,91 @@ def comparisons_table(results: SweepResults) -> Table | None:
     report = results.sweep.report
     if report.method is None or not report.baselines:
         return None
+    method = results.label(report.method)
+    pairs = [(report.method, b, f"{method} vs {results.label(b)}") for b in report.baselines]
+    return _paired_table(
+        results,
+        f"{results.sweep.name}: {method} against each baseline",
+        "Comparison",
+        pairs,
+        "difference (method − baseline; baseline − method where lower is better)",
+    )
+
+
+def ladder_table(results: SweepResults) -> Table | None:
+    """Each step of an ablation ladder: what removing one more ingredient costs, per column
+    (previous rung − this rung, paired), Holm-adjusted over the steps of each column."""
+    ladder = results.sweep.report.ladder
+    if len(ladder) < 2:
+        return None
+    pairs = [
+        (a, b, f"{results.label(a)} → {results.label(b)}")
+        for a, b in zip(ladder, ladder[1:], strict=False)
+    ]
+    return _paired_table(
+        results,
+        f"{results.sweep.name}: what each step of the ladder costs",
+        "Step",
+        pairs,
+        "the rung before minus the rung after (after minus before where lower is better): "
+        "positive when the removed ingredient helped",
+    )
+
+
+def _paired_table(
+    results: SweepResults,
+    title: str,
+    row_header: str,
+    pairs: Sequence[tuple[str, str, str]],
+    what: str,
+) -> Table:
+    """Rows: paired differences `a − b` of `pairs` (a, b, label) per main-table column, with
+    intervals and p-values Holm-adjusted over the pairs of each column."""
+    report = results.sweep.report
     columns = list(report.columns) or _default_columns(results)
     settings = report.bootstrap
     why = _Notes()
-    tests: dict[str, list[PairedTest | None]] = {b: [] for b in report.baselines}
-    for column in columns:
-        method = _main_cell(results, report.method, column)
-        for baseline in report.baselines:
-            other = _main_cell(results, baseline, column)
-            tests[baseline].append(
-                _compare(results, report.method, method, baseline, other, column, why)
-            )
-    adjusted: dict[str, list[float | None]] = {b: [] for b in report.baselines}
+    tests = [
+        [
+            _compare(results, a, _main_cell(results, a, c), b, _main_cell(results, b, c), c, why)
+            for c in columns
+        ]
+        for a, b, _ in pairs
+    ]
+    adjusted: list[list[float | None]] = [[None] * len(columns) for _ in pairs]
     for i in range(len(columns)):
-        present = [b for b in report.baselines if tests[b][i] is not None]
-        family = holm([tests[b][i].p_value for b in present])
-        for baseline in report.baselines:
-            adjusted[baseline].append(
-                family[present.index(baseline)] if baseline in present else None
-            )
+        present = [k for k in range(len(pairs)) if tests[k][i] is not None]
+        for k, p in zip(present, holm([tests[k][i].p_value for k in present]), strict=True):
+            adjusted[k][i] = p
     alpha = 1.0 - settings.confidence
     rows = []
-    for baseline in report.baselines:
-        values, intervals, cell_tests = [], [], []
-        for i, test in enumerate(tests[baseline]):
-            if test is None:
-                values.append(None)
-                intervals.append(None)
-                cell_tests.append(None)
-                continue
-            values.append(test.difference.value)
-            intervals.append((test.difference.low, test.difference.high))
-            p = adjusted[baseline][i]
-            cell_tests.append(CellTest(p, p < alpha))
+    for k, (_, _, label) in enumerate(pairs):
+        cells = tests[k]
         rows.append(
             Row(
-                f"{results.label(report.method)} vs {results.label(baseline)}",
-                tuple(values),
+                label,
+                tuple(None if t is None else t.difference.value for t in cells),
                 is_gain=True,
-                intervals=tuple(intervals),
-                tests=tuple(cell_tests),
+                intervals=tuple(
+                    None if t is None else (t.difference.low, t.difference.high) for t in cells
+                ),
+                tests=tuple(
+                    None if t is None else CellTest(adjusted[k][i], adjusted[k][i] < alpha)
+                    for i, t in enumerate(cells)
+                ),
             )
         )
     return Table(
-        title=f"{results.sweep.name}: {results.label(report.method)} against each baseline",
-        row_header="Comparison",
+        title=title,
+        row_header=row_header,
         columns=tuple(c.header for c in columns),
         rows=tuple(rows),
         notes=(
-            f"difference (method − baseline; baseline − method where lower is better) with its "
-            f"{settings.percent} paired-bootstrap interval ({settings.resamples} resamples of the "
-            f"same examples); p: two-sided, Holm-adjusted over the {len(report.baselines)} "
-            f"baselines of each column (the smallest p {settings.resamples} resamples can give "
-            f"is {2 / (settings.resamples + 1):.2g} before adjustment); significant when "
-            f"p < {alpha:g}",
+            f"{what}, with its {settings.percent} paired-bootstrap interval "
+            f"({settings.resamples} resamples of the same examples); p: two-sided, "
+            f"Holm-adjusted over the {len(pairs)} rows of each column (the smallest p "
+            f"{settings.resamples} resamples can give is {2 / (settings.resamples + 1):.2g} "
+            f"before adjustment); significant when p < {alpha:g}",
             *why.lines(),
         ),
     )
@@ -327,9 +358,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     results = collect(sweep, root)
     tables = [("main", main_table(results))]
-    comparisons = comparisons_table(results)
-    if comparisons is not None:
-        tables.append(("comparisons", comparisons))
+    for stem, extra in (("comparisons", comparisons_table), ("ladder", ladder_table)):
+        table = extra(results)
+        if table is not None:
+            tables.append((stem, table))
     tables += [
         (
             f"languages_{_slug(spec.task or spec.key)}_{_slug(spec.metric)}".rstrip("_"),

@@ -4,6 +4,8 @@
       method: fiat                         # the row compared with the best baseline
       baselines: [icl, finetune, distilled_cot]
       rows: [icl, finetune, distilled_cot, fiat]   # optional order (default: sweep order)
+      ladder: [fiat, wo_cot, wo_instruction]       # optional: an ablation ladder, one step
+                                                   # per pair of neighbours (paired tests)
       columns:                             # tasks × metrics of the main table
         - {task: Demo, metric: Acc, key: "fiat_demo/accuracy"}
       languages:                           # one per-language table each
@@ -80,6 +82,7 @@ class ReportSpec:
     method: str | None = None
     baselines: tuple[str, ...] = ()
     rows: tuple[str, ...] = ()
+    ladder: tuple[str, ...] = ()
     columns: tuple[Column, ...] = ()
     languages: tuple[LanguageTable, ...] = ()
     cot_gain: tuple[CotGainPlot, ...] = ()
@@ -87,7 +90,17 @@ class ReportSpec:
     bootstrap: BootstrapSettings = BootstrapSettings()
 
 
-_KEYS = {"method", "baselines", "rows", "columns", "languages", "cot_gain", "curves", "bootstrap"}
+_KEYS = {
+    "method",
+    "baselines",
+    "rows",
+    "ladder",
+    "columns",
+    "languages",
+    "cot_gain",
+    "curves",
+    "bootstrap",
+}
 _BOOTSTRAP_KEYS = {"resamples", "confidence", "seed"}
 
 
@@ -164,6 +177,7 @@ def parse_report_spec(raw: Any, variant_names: Sequence[str], where: str) -> Rep
         method=method,
         baselines=baselines,
         rows=variant_list("rows", raw.get("rows")),
+        ladder=variant_list("ladder", raw.get("ladder")),
         columns=columns,
         languages=languages,
         cot_gain=tuple(cot_gain),

@@ -143,6 +143,7 @@ report:
   method: method
   baselines: [close, weak]
   rows: [method, close, weak, skewed]
+  ladder: [method, close, weak]
   columns:
     - {{task: T, metric: Acc, key: eval/fiat_demo_plain/accuracy}}
     - {{task: T, metric: Loss, key: train/loss, higher_is_better: false}}
@@ -229,6 +230,14 @@ def test_report_gives_intervals_and_paired_tests(hits_sweep, tmp_path):
     assert weak["T Acc significant"] == "True" and float(weak["T Acc p"]) < 0.01
     assert float(weak["T Acc low"]) > 20
     assert close["T Acc significant"] == "False"
+    # The ladder: each step's cost, paired; only the big drop is significant.
+    ladder = _csv_rows(tmp_path / "out" / "ladder.csv", key="Step")
+    assert list(ladder) == ["method → close", "close → weak"]
+    assert ladder["method → close"]["T Acc significant"] == "False"
+    assert ladder["close → weak"]["T Acc significant"] == "True"
+    assert float(ladder["close → weak"]["T Acc"]) == pytest.approx(
+        float(main["close"]["T Acc"]) - float(main["weak"]["T Acc"])
+    )
 
 
 def test_language_table_has_intervals_for_languages_and_their_mean(hits_sweep):

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -39,6 +40,7 @@ def _cut_down(tmp_path: pathlib.Path) -> pathlib.Path:
     report = spec["report"]
     report["rows"] = [r for r in report["rows"] if r in SUBSET]
     report["baselines"] = [b for b in report["baselines"] if b in SUBSET]
+    report["ladder"] = [r for r in report["ladder"] if r in SUBSET]
     report["curves"][0]["variants"] = ["fiat", "wo_peft"]
     report["cot_gain"] = [p for p in report["cot_gain"] if p["without_cot"] in SUBSET]
     report["bootstrap"] = {"resamples": 200}
@@ -86,7 +88,9 @@ def test_demo_sweep_cut_down(tmp_path):
     for name in ("icl", "distilled_cot", "fiat", "wo_peft"):
         row = main[labels[name]]
         done = json.loads((root / name / "DONE").read_text())
-        (accuracy,) = [v for k, v in done["final_metrics"].items() if k.endswith("/accuracy")]
+        (accuracy,) = [
+            v for k, v in done["final_metrics"].items() if re.fullmatch(r"eval/[^/]+/accuracy", k)
+        ]
         value, low, high = (float(row[f"Demo Acc{s}"]) for s in ("", " low", " high"))
         assert value == pytest.approx(accuracy)
         assert low <= value <= high, (name, row)
@@ -108,8 +112,33 @@ def test_demo_sweep_cut_down(tmp_path):
         )
     markdown = (out / "main.md").read_text()
     assert f"| {labels['fiat']} | " in markdown and " [" in markdown
+    ladder = _csv(out / "ladder.csv", key="Step")
+    assert list(ladder) == [f"{labels['fiat']} → {labels['wo_peft']}"]
     assert (out / "curves_0.png").is_file() and (out / "cot_gain_0.png").is_file()
 
     again = _sweep("run", str(sweep), "--root", str(root))
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count(": skipped") == len(SUBSET)
+
+    # Another β for the whole sweep: a gin file binding BETA, added to every variant.
+    other = tmp_path / "careful_beta.gin"
+    other.write_text(
+        "from __gin__ import dynamic_registration\n"
+        "from tests.demo import careful_beta\n"
+        "BETA = @careful_beta.careful_beta()\n"
+    )
+    root2 = tmp_path / "root_careful"
+    run = _sweep(
+        "run",
+        str(sweep),
+        "--root",
+        str(root2),
+        "--only",
+        "beta_rationales,icl",
+        f"--gin_file={other}",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    identity = json.loads((root2 / "beta_rationales" / "store" / "identity.json").read_text())
+    assert identity["provider"]["model"] == "careful test reader"
+    icl = json.loads((root2 / "icl" / "DONE").read_text())["final_metrics"]
+    assert icl["eval/fiat_demo_fiat/accuracy"] == 100.0  # it reads Swahili too

@@ -149,14 +149,14 @@ def _interval(
 def main_table(results: SweepResults) -> Table:
     """Rows: methods/ablation steps; columns: task × metric; plus the gain over the best baseline."""
     columns = list(results.sweep.report.columns) or _default_columns(results)
-    names = results.row_names()
-
-    def cell(name: str, column: Column) -> _Cell:
-        value, matched = lookup(results.metrics(name), column.key)
-        return _Cell(value, tuple(matched) if value is not None else ())
-
-    notes = _absent_metric_notes(results, names, [c.key for c in columns])
-    return _table(results, f"{results.sweep.name}: final metrics", columns, cell, notes)
+    notes = _absent_metric_notes(results, results.row_names(), [c.key for c in columns])
+    return _table(
+        results,
+        f"{results.sweep.name}: final metrics",
+        columns,
+        lambda name, column: _main_cell(results, name, column),
+        notes,
+    )
 
 
 def language_metrics(results: SweepResults, spec: LanguageTable, name: str) -> dict[str, float]:

@@ -83,19 +83,18 @@ def test_gin_literal_is_parsed_back_by_gin():
     assert gin_literal("@adamw") == "@adamw" and gin_literal("%MODEL_DIR") == "%MODEL_DIR"
 
 
-def test_argv_resolves_gin_files_and_sets_model_dir(tmp_path):
+def _one_variant_sweep(tmp_path, shared: str, variant: str):
+    """A sweep file with one variant `v` reading the empty gin/a.gin."""
     (tmp_path / "gin").mkdir()
     (tmp_path / "gin" / "a.gin").write_text("")
-    path = write_sweep(
-        tmp_path,
-        """\
-        name: s
-        gin_search_paths: ["."]
-        variants:
-          v: {gin_files: [gin/a.gin], bindings: {MIXTURE_OR_TASK_NAME: demo}}
-        """,
+    body = f'name: s\ngin_search_paths: ["."]\n{shared}variants:\n  v: {variant}\n'
+    return load_sweep(write_sweep(tmp_path, body))
+
+
+def test_argv_resolves_gin_files_and_sets_model_dir(tmp_path):
+    sweep = _one_variant_sweep(
+        tmp_path, "", "{gin_files: [gin/a.gin], bindings: {MIXTURE_OR_TASK_NAME: demo}}"
     )
-    sweep = load_sweep(path)
     argv = sweep.argv(sweep.variant("v"), tmp_path / "root" / "v")
     assert argv[:3] == [sys.executable, "-m", "fiat_t5x.train"]
     assert f"--gin_file={tmp_path / 'gin' / 'a.gin'}" in argv
@@ -104,19 +103,11 @@ def test_argv_resolves_gin_files_and_sets_model_dir(tmp_path):
 
 
 def test_root_in_bindings_and_extra_flags_point_variants_at_each_other(tmp_path):
-    (tmp_path / "gin").mkdir()
-    (tmp_path / "gin" / "a.gin").write_text("")
-    path = write_sweep(
+    sweep = _one_variant_sweep(
         tmp_path,
-        """\
-        name: s
-        gin_search_paths: ["."]
-        bindings: {STORE: "{root}/beta/store", PATHS: ["{root}/a", 3]}
-        variants:
-          v: {gin_files: [gin/a.gin]}
-        """,
-    )
-    sweep = load_sweep(path).with_extra_args(["--gin.STEPS=4", "--gin.OUT='{root}/x'"])
+        'bindings: {STORE: "{root}/beta/store", PATHS: ["{root}/a", 3]}\n',
+        "{gin_files: [gin/a.gin]}",
+    ).with_extra_args(["--gin.STEPS=4", "--gin.OUT='{root}/x'"])
     root = tmp_path / "root"
     argv = sweep.argv(sweep.variant("v"), root / "v")
     assert f"--gin.STORE='{root}/beta/store'" in argv

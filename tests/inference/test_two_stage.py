@@ -20,19 +20,18 @@ from fiat_t5x.models.model import EncoderDecoderModel
 from fiat_t5x.rationales.generate import Example
 from fiat_t5x.rationales.injection import MissingRationaleError
 from fiat_t5x.rationales.store import RationaleStore
-from fiat_tasks import demo, demo_beta, demo_rationales, fiat_demo_variants
+from fiat_tasks import demo, demo_beta, demo_rationales, demo_vocab, fiat_demo_variants
 
 N = 12
-LENGTHS = {"inputs": 224, "targets": 8}
+LENGTHS = {"inputs": 128, "targets": 8}  # the demo's FIAT length
 
 
 @pytest.fixture(scope="module")
 def tiny_tau():
-    model = EncoderDecoderModel(presets.micro())
+    vocabulary = demo_vocab.vocabulary()  # what the demo's FIAT tasks tokenize with
+    model = EncoderDecoderModel(presets.micro(vocab_size=vocabulary.vocab_size))
     params = model.init_params(jax.random.PRNGKey(3))
-    return Tau(
-        model, params, seqio.ByteVocabulary(), LENGTHS["inputs"], LENGTHS["targets"], batch_size=8
-    )
+    return Tau(model, params, vocabulary, LENGTHS["inputs"], LENGTHS["targets"], batch_size=8)
 
 
 def demo_examples(split: str, n: int = N) -> list[Example]:

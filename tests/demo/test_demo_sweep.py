@@ -1,7 +1,8 @@
 """`make demo`'s sweep end to end on a cut-down setting: the real gin files and entry points
 (β's rationales, the instruction-tuned base, ICL, FIAT, a full-fine-tuning step, Distilled CoT)
 with a few steps each and 40 evaluated examples, then the report with its bootstrap intervals
-and paired tests; a second run skips every finished variant."""
+and paired tests; a second run skips every finished variant; and the β step with another β
+given to the whole sweep by `--gin_file` (the scripted one is a default, not a lock)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_demo_sweep_cut_down(tmp_path):
     assert gain["Demo Acc significant"] in ("True", "False") and gain["Demo Acc p"] != ""
     comparisons = _csv(out / "comparisons.csv", key="Comparison")
     assert set(comparisons) == {
-        f"{labels['fiat']} vs {labels[b]}" for b in ("icl", "distilled_cot", "wo_peft")
+        f"{labels['fiat']} vs {labels[b]}" for b in ("icl", "distilled_cot")
     }
     for row in comparisons.values():
         assert float(row["Demo Acc low"]) <= float(row["Demo Acc"]) <= float(row["Demo Acc high"])
@@ -129,16 +130,10 @@ def test_demo_sweep_cut_down(tmp_path):
     )
     root2 = tmp_path / "root_careful"
     run = _sweep(
-        "run",
-        str(sweep),
-        "--root",
-        str(root2),
-        "--only",
-        "beta_rationales,icl",
-        f"--gin_file={other}",
+        "run", str(sweep), "--root", str(root2), "--only", "beta_rationales", f"--gin_file={other}"
     )
     assert run.returncode == 0, run.stdout + run.stderr
     identity = json.loads((root2 / "beta_rationales" / "store" / "identity.json").read_text())
     assert identity["provider"]["model"] == "careful test reader"
-    icl = json.loads((root2 / "icl" / "DONE").read_text())["final_metrics"]
-    assert icl["eval/fiat_demo_fiat/accuracy"] == 100.0  # it reads Swahili too
+    quality = json.loads((root2 / "beta_rationales" / "metrics.jsonl").read_text().splitlines()[0])
+    assert quality["beta/validation/answer_accuracy/sw"] == 100.0  # it reads Swahili too

@@ -1,8 +1,8 @@
 """The demo's instruction-tuned base τ: train it and export it as a T5X checkpoint.
 
 `python -m fiat_tasks.demo_base --gin_file=gin/fiat/demo_base.gin --gin.MODEL_DIR="'D'"`
-fully fine-tunes the tiny byte-level model on the generic instruction mixture
-(`fiat_tasks.demo_instructions`) exactly like `python -m fiat_t5x.train` (same gin, same
+fully fine-tunes the demo's tiny model (`gin/fiat/demo_model.gin`) on the generic instruction
+mixture (`fiat_tasks.demo_instructions`) exactly like `python -m fiat_t5x.train` (same gin, same
 checkpoints, same resume), then writes the trained weights as a T5X-style checkpoint
 `D/base/checkpoint_<step>` (`fiat_t5x.models.checkpoints.save_t5x_params`), which is what
 INITIAL_CHECKPOINT_PATH reads. Running it again on a finished MODEL_DIR only re-exports.

@@ -1,7 +1,7 @@
 """A small, generic, Flan-style instruction mixture: how the demo builds an "instruction-tuned" τ.
 
 FIAT's τ starts from an instruction-tuned checkpoint (Flan-PaLM-2 / Flan-T5). The demo cannot
-download one, so it makes its own: the tiny byte-level model is first fully fine-tuned on this
+download one, so it makes its own: the demo's tiny model is first fully fine-tuned on this
 mixture (`gin/fiat/demo_base.gin`), and the FIAT variants start from that checkpoint. "w/o
 instruction-tuned base" starts from the random initialisation instead.
 

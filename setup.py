@@ -46,7 +46,7 @@ setup(
     # `tasks` collides with too many other projects, so it is installed as `fiat_tasks`.
     package_dir={"fiat_tasks": "tasks"},
     include_package_data=True,
-    package_data={"fiat_tasks": ["*.json", "*.yaml", "prompts/*"]},
+    package_data={"fiat_tasks": ["*.json", "*.yaml", "*.model", "prompts/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["fiat-t5x=fiat_t5x.cli:main"]},

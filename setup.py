@@ -62,7 +62,7 @@ setup(
     package_dir={"fiat_tasks": "tasks", "fiat_t5x.gin": "gin"},
     include_package_data=True,
     package_data={
-        "fiat_tasks": ["*.json", "*.yaml", "prompts/*"],
+        "fiat_tasks": ["*.json", "*.yaml", "*.model", "prompts/*"],
         **{package: ["*.gin", "*.yaml"] for package in GIN_PACKAGES},
     },
     install_requires=INSTALL_REQUIRES,

@@ -22,6 +22,7 @@ import jax
 from fiat_t5x.rationales.run_checks import check_stores_read_by
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
+from fiat_t5x.training import eval_records as records_lib
 from fiat_t5x.training.evaluation import Evaluation
 from fiat_t5x.training.metrics_writer import EVAL_COMMAND_WRITER, append_row
 from fiat_t5x.training.partitioning import Partitioner
@@ -48,8 +49,11 @@ def evaluate(
     decode_method: str = "greedy",
     num_beams: int = 4,
     random_seed: int = 0,
+    eval_records: bool = True,
 ) -> dict[str, float]:
     """Metrics of the newest checkpoint on `eval_dataset_cfg.split`.
+
+    With `eval_records`, the per-example records go to MODEL_DIR/records/eval (as in training).
 
     `random_seed` must be the training run's RANDOM_SEED when it started from a random init
     (INITIAL_CHECKPOINT_PATH=None): the frozen base is rebuilt from it, never saved.
@@ -80,6 +84,7 @@ def evaluate(
         num_beams=num_beams,
         feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
         seed=eval_dataset_cfg.seed,
+        records_dir=records_lib.records_dir(model_dir, "eval") if eval_records else None,
     )
     results = evaluation(state, frozen, step=step)
     if jax.process_index() == 0:

@@ -26,6 +26,7 @@ import optax
 from fiat_t5x.data import vocab_coverage
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli, truncation
+from fiat_t5x.training import eval_records as records_lib
 from fiat_t5x.training import optimizers as optimizers_lib
 from fiat_t5x.training.checkpointing import (
     CheckpointManager,
@@ -180,6 +181,7 @@ def train(
     start_checks: Sequence[StartCheck] = (),
     start_over_on_mismatch: bool = False,
     data_check_examples: int = 2000,
+    eval_records: bool = True,
 ) -> TrainResult:
     """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible).
 
@@ -193,6 +195,9 @@ def train(
     `start_checks` run before anything is trained, each as `check(model_dir, datasets_read)`
     (e.g. `rationales.run_checks.RationaleChecks`: the rationale store); what they return is
     called once the run is known to start (e.g. recording the store in MODEL_DIR).
+
+    `eval_records`: each SeqIO evaluation also writes its per-example records to
+    MODEL_DIR/records/eval (`fiat_t5x.training.eval_records`; sweep reports bootstrap them).
     """
     check_task(train_dataset_cfg)
     if eval_dataset_cfg is not None:
@@ -264,6 +269,7 @@ def train(
             run_seqio=run_seqio_eval,
             feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
             seed=eval_dataset_cfg.seed,
+            records_dir=records_lib.records_dir(model_dir, "eval") if eval_records else None,
         )
     gin_cli.write_config(model_dir)
     for record in records:

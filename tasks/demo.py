@@ -1,31 +1,30 @@
-"""The bundled demo task: checking claimed results of small word problems in four languages.
+"""The bundled demo task: is Ana right (or wrong) about the result of a small word problem?
 
-Each question tells a two-number story (Ana buys or gives away apples), states a claimed
-result and asks whether it is right: "Ana has 56 apples and buys 77 more. Does she now have
-133 apples?". The answer is "yes" or "no", like the paper's XOR-AttriQA (binary, scored by
-accuracy). The claim is the true result for a deterministic half of each split and language,
-and off by a small non-zero amount (±1..10) for the other half.
+Each question tells a two-number story, states Ana's claimed result and asks either "Is she
+right?" or "Is she wrong?", in English, German, French or Swahili:
+
+    Ana has 56 apples and buys 77 more. She says she now has 133. Is she wrong?   -> no
+    Ana ana machungwa 56 na anatoa 19. Anasema sasa ana 40. Je, amekosea?          -> yes
+
+The answer is "yes" or "no", like the paper's XOR-AttriQA (binary, scored by accuracy). Every
+split is balanced per language over the four kinds (claim true/false × asks right/wrong), so
+"yes" and "no" are equally frequent and chance is 50%; a false claim is off by 1..10.
 
 Why this task: it is generated deterministically (no download), it is low-data like the
-paper's tasks (a few hundred training examples), it has "languages", and it is one where a
-rationale visibly helps a tiny model: checking the arithmetic cannot be learnt from 400
-examples in minutes (a model without rationales stays near 50%, chance), but reading the
-verdict at the end of a worked solution can.
+paper's tasks, it has languages, and checking the arithmetic is what a tiny model cannot learn
+from a few hundred examples in minutes (a model without β's reasoning stays at chance), while
+reading (and correcting) a worked solution is. The demo's β (`fiat_tasks.demo_beta`) solves
+the arithmetic but misreads one Swahili construction; docs/fiat.md has the whole story.
 
-Every example has a stable `id` (`demo-<split>-<index>`), a `language`, the `question` and
-the `answer` ("yes"/"no"). `oracle_rationale` is the demo's stand-in for the large model β: a
-scripted reasoner (not a language model) that parses the question and writes an English
-chain of thought ending in a Flan-CoT-style verdict, wrong on a deterministic `mistake_rate`
-share of questions so that τ has to learn when to trust it.
+Every example has a stable `id` (`demo-<split>-<index>`), a `language`, the `question` and the
+`answer` ("yes"/"no").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
-import re
 
 import numpy as np
 import seqio
@@ -33,34 +32,51 @@ import tensorflow as tf
 
 VOCABULARY = seqio.ByteVocabulary()
 LANGUAGES = ("en", "de", "fr", "sw")
-SPLIT_SIZES = {"train": 400, "validation": 100, "test": 100}
+SPLIT_SIZES = {"train": 400, "validation": 400, "test": 400}
 # Distinct seeds per split so the splits never share a generator stream.
-_SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
-
-# (addition template, subtraction template) per language; {a} and {b} are the story's
-# numbers, {c} the claimed result.
-_TEMPLATES: dict[str, tuple[str, str]] = {
-    "en": (
-        "Ana has {a} apples and buys {b} more. Does she now have {c} apples?",
-        "Ana has {a} apples and gives {b} away. Does she now have {c} apples?",
-    ),
-    "de": (
-        "Ana hat {a} Äpfel und kauft {b} dazu. Hat sie jetzt {c} Äpfel?",
-        "Ana hat {a} Äpfel und verschenkt {b}. Hat sie jetzt {c} Äpfel?",
-    ),
-    "fr": (
-        "Ana a {a} pommes et en achète {b} de plus. A-t-elle maintenant {c} pommes ?",
-        "Ana a {a} pommes et en donne {b}. A-t-elle maintenant {c} pommes ?",
-    ),
-    "sw": (
-        "Ana ana machungwa {a} na ananunua {b} zaidi. Je, sasa ana machungwa {c}?",
-        "Ana ana machungwa {a} na anatoa {b}. Je, sasa ana machungwa {c}?",
-    ),
-}
+_SPLIT_SEEDS = {"train": 11, "validation": 12, "test": 13}
 YES, NO = "yes", "no"
+RIGHT, WRONG = "right", "wrong"
 # How far a false claim is from the true result (never 0).
 _MAX_OFFSET = 10
-_SUBTRACTION_WORDS = ("gives", "verschenkt", "donne", "anatoa")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phrasing:
+    """One language's sentences; {a} and {b} are the story's numbers, {c} Ana's claim."""
+
+    add: str
+    subtract: str
+    claim: str
+    asks: dict[str, str]  # RIGHT / WRONG -> the question
+
+
+PHRASINGS: dict[str, Phrasing] = {
+    "en": Phrasing(
+        add="Ana has {a} apples and buys {b} more.",
+        subtract="Ana has {a} apples and gives {b} away.",
+        claim="She says she now has {c}.",
+        asks={RIGHT: "Is she right?", WRONG: "Is she wrong?"},
+    ),
+    "de": Phrasing(
+        add="Ana hat {a} Äpfel und kauft {b} dazu.",
+        subtract="Ana hat {a} Äpfel und verschenkt {b}.",
+        claim="Sie sagt, sie hat jetzt {c}.",
+        asks={RIGHT: "Hat sie recht?", WRONG: "Irrt sie sich?"},
+    ),
+    "fr": Phrasing(
+        add="Ana a {a} pommes et en achète {b} de plus.",
+        subtract="Ana a {a} pommes et en donne {b}.",
+        claim="Elle dit qu'elle en a maintenant {c}.",
+        asks={RIGHT: "A-t-elle raison ?", WRONG: "A-t-elle tort ?"},
+    ),
+    "sw": Phrasing(
+        add="Ana ana machungwa {a} na ananunua {b} zaidi.",
+        subtract="Ana ana machungwa {a} na anatoa {b}.",
+        claim="Anasema sasa ana {c}.",
+        asks={RIGHT: "Je, yuko sahihi?", WRONG: "Je, amekosea?"},
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +90,11 @@ class DemoExample:
         return dataclasses.asdict(self)
 
 
+def answer_for(claim_is_true: bool, asks: str) -> str:
+    """ "Is she right?" is answered yes for a true claim, "Is she wrong?" for a false one."""
+    return YES if claim_is_true == (asks == RIGHT) else NO
+
+
 def generate_split(split: str) -> list[DemoExample]:
     """The examples of one split; identical on every machine and every call."""
     if split not in SPLIT_SIZES:
@@ -82,9 +103,10 @@ def generate_split(split: str) -> list[DemoExample]:
     examples = []
     for index in range(SPLIT_SIZES[split]):
         language = LANGUAGES[index % len(LANGUAGES)]
-        # Languages cycle with period 4, so alternating true/false claims per language
-        # (index // 4) balances yes/no within every language and the split.
-        claim_is_true = (index // len(LANGUAGES)) % 2 == 0
+        # Languages cycle with period 4; within a language the four kinds (claim true/false ×
+        # asks right/wrong) cycle too, so every split is balanced per language and per kind.
+        kind = (index // len(LANGUAGES)) % 4
+        claim_is_true, asks = kind % 2 == 0, (RIGHT, WRONG)[kind // 2]
         subtract = bool(rng.integers(2))
         a, b = (int(x) for x in rng.integers(10, 100, size=2))
         if subtract and b > a:
@@ -94,9 +116,14 @@ def generate_split(split: str) -> list[DemoExample]:
         if result + offset < 0:  # A negative claim would give the answer away.
             offset = -offset
         claim = result if claim_is_true else result + offset
-        question = _TEMPLATES[language][int(subtract)].format(a=a, b=b, c=claim)
-        answer = YES if claim_is_true else NO
-        examples.append(DemoExample(f"demo-{split}-{index:04d}", language, question, answer))
+        phrasing = PHRASINGS[language]
+        story = (phrasing.subtract if subtract else phrasing.add).format(a=a, b=b)
+        question = f"{story} {phrasing.claim.format(c=claim)} {phrasing.asks[asks]}"
+        examples.append(
+            DemoExample(
+                f"demo-{split}-{index:04d}", language, question, answer_for(claim_is_true, asks)
+            )
+        )
     return examples
 
 
@@ -114,39 +141,6 @@ def write_jsonl(directory: str | pathlib.Path) -> dict[str, pathlib.Path]:
         tmp.replace(path)
         paths[split] = path
     return paths
-
-
-def _stable_fraction(text: str) -> float:
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def oracle_rationale(question: str, mistake_rate: float = 0.1) -> str:
-    """A scripted stand-in for β: an English chain of thought for a demo question.
-
-    Ends like a Flan-CoT target: "... 56 + 77 = 133. The question says 133, so the answer is
-    yes." On a deterministic `mistake_rate` share of questions its arithmetic is wrong, as a
-    real large model's sometimes is, in the way that flips the verdict: a true claim gets a
-    result off by 1..9 ("no"), a false claim gets the claimed number ("yes", agreeing with
-    the question). So its verdicts are right on exactly the other questions.
-    """
-    numbers = [int(n) for n in re.findall(r"\d+", question)]
-    if len(numbers) != 3:
-        raise ValueError(
-            f"not a demo question (expected two numbers and a claimed result): {question!r}"
-        )
-    a, b, claim = numbers
-    subtract = any(word in question for word in _SUBTRACTION_WORDS)
-    result = a - b if subtract else a + b
-    fraction = _stable_fraction(question)
-    if fraction < mistake_rate:
-        result = result + 1 + int(fraction * 1e6) % 9 if result == claim else claim
-    verdict = YES if result == claim else NO
-    if subtract:
-        work = f"Ana starts with {a} and gives away {b}, so we subtract: {a} - {b} = {result}."
-    else:
-        work = f"Ana starts with {a} and gets {b} more, so we add: {a} + {b} = {result}."
-    return f"{work} The question says {claim}, so the answer is {verdict}."
 
 
 def exact_match_by_language(targets: list[dict], predictions: list[str]) -> dict[str, float]:

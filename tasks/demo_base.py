@@ -1,15 +1,15 @@
-"""The demo's instruction-tuned base τ: train it, export it, and find it from a sibling run.
+"""The demo's instruction-tuned base τ: train it and export it as a T5X checkpoint.
 
 `python -m fiat_tasks.demo_base --gin_file=gin/fiat/demo_base.gin --gin.MODEL_DIR="'D'"`
-fully fine-tunes the tiny byte-level model on the generic instruction mixture
-(`fiat_tasks.demo_instructions`) exactly like `python -m fiat_t5x.train` (same gin, same
+fully fine-tunes the demo's tiny model (`gin/fiat/demo_model.gin`) on the generic instruction
+mixture (`fiat_tasks.demo_instructions`) exactly like `python -m fiat_t5x.train` (same gin, same
 checkpoints, same resume), then writes the trained weights as a T5X-style checkpoint
 `D/base/checkpoint_<step>` (`fiat_t5x.models.checkpoints.save_t5x_params`), which is what
 INITIAL_CHECKPOINT_PATH reads. Running it again on a finished MODEL_DIR only re-exports.
 
-In the demo sweep (`gin/sweeps/demo.yaml`) this is the variant `instruction_base`; the FIAT
-variants find its export with `instruction_tuned_base()`, bound in `gin/fiat/demo.gin`:
-the `instruction_base/base` directory beside their own MODEL_DIR.
+In the demo sweep (`gin/sweeps/demo.yaml`) this is the step `instruction_base`; the FIAT
+variants read its export as a plain path, `INSTRUCTION_TUNED_CHECKPOINT_PATH` in
+`gin/fiat/demo.gin` (the sweep binds it to `{root}/instruction_base/base`).
 """
 
 from __future__ import annotations
@@ -24,33 +24,12 @@ import jax
 
 import gin
 
-BASE_VARIANT = "instruction_base"
 EXPORT_SUBDIR = "base"
 
 USAGE = (
     "usage: python -m fiat_tasks.demo_base --gin_file=gin/fiat/demo_base.gin "
     "--gin.MODEL_DIR=\"'DIR'\" [--gin.NAME=VALUE ...]\n"
 )
-
-
-def instruction_tuned_base(model_dir: str, base_dir: str | None = None) -> str:
-    """The exported base for a demo run in `model_dir`.
-
-    Default: `<parent of model_dir>/instruction_base/base` (the sweep's base variant beside
-    this variant). A missing export is an error that says how to build it.
-    """
-    path = base_dir or os.path.join(
-        os.path.dirname(os.path.abspath(model_dir)), BASE_VARIANT, EXPORT_SUBDIR
-    )
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"the demo's instruction-tuned base {path} does not exist. Build it first with "
-            "`fiat-t5x sweep run gin/sweeps/demo.yaml --root <root> --only instruction_base` "
-            "(or `python -m fiat_tasks.demo_base --gin_file=gin/fiat/demo_base.gin "
-            f"--gin.MODEL_DIR=\"'{os.path.dirname(path)}'\"`), or bind "
-            "instruction_tuned_base.base_dir to an exported base"
-        )
-    return path
 
 
 def export_params(params, config, model_dir: str, step: int) -> str:

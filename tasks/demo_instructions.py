@@ -1,16 +1,16 @@
 """A small, generic, Flan-style instruction mixture: how the demo builds an "instruction-tuned" τ.
 
 FIAT's τ starts from an instruction-tuned checkpoint (Flan-PaLM-2 / Flan-T5). The demo cannot
-download one, so it makes its own: the tiny byte-level model is first fully fine-tuned on this
+download one, so it makes its own: the demo's tiny model is first fully fine-tuned on this
 mixture (`gin/fiat/demo_base.gin`), and the FIAT variants start from that checkpoint. "w/o
 instruction-tuned base" starts from the random initialisation instead.
 
 The skills are deliberately generic and are NOT the demo's task (no word problems, no
-addition or subtraction): copy a text, give the first or the last number of a text, answer
-yes/no about a text (does it contain a word / a number?), reverse the words of a text, and
-give the final answer of a chain of thought (a text ending "So the answer is X." or "..., so
-the answer is X.", X a yes/no/true/false word or a name; Flan-T5 is trained on exactly such
-CoT targets).
+addition or subtraction, nothing about being right or wrong): give the first or the last
+number of a text, answer yes/no about a text (does it contain a word / a number?), and give
+the final answer of a chain of thought (a text ending "So the answer is X." or "..., so the
+answer is X.", X a yes/no/true/false word or a name, sometimes after a question; Flan-T5 is
+trained on exactly such CoT targets).
 Texts are random words of the demo's four languages mixed with numbers, on one to three lines,
 so that the prompts have the shape of real instructions over real-looking text. Each skill has
 a few instruction templates (Flan's habit), picked per example, with the instruction before or
@@ -32,19 +32,17 @@ import seqio
 import tensorflow as tf
 
 from fiat_t5x.data.mixtures import examples_proportional_rates, register_rates_mixture
+from fiat_tasks import demo_vocab
 
-VOCABULARY = seqio.ByteVocabulary()
+VOCABULARY = demo_vocab.vocabulary()
 SPLIT_SIZES = {"train": 2000, "validation": 64}
-# Training examples per skill; the mixture samples examples-proportionally (Flan's rule), so
-# the span-reading skills (numbers, copy) get three times the share of the yes/no ones.
+# Training examples per skill; the mixture samples examples-proportionally (Flan's rule).
 TRAIN_SIZES = {
-    "last_number": 6000,
-    "first_number": 6000,
-    "copy": 6000,
-    "contains_word": 2000,
+    "last_number": 3000,
+    "first_number": 3000,
+    "contains_word": 3000,
     "contains_number": 2000,
-    "reverse_words": 2000,
-    "cot_answer": 4000,
+    "cot_answer": 8000,
 }
 MIXTURE = "demo_instructions"
 TASK_PREFIX = "demo_instructions_"
@@ -102,11 +100,6 @@ _FIRST_NUMBER = (
     "Text:\n{text}\nWhich number comes first in the text?",
     "{text}\nAnswer with the first number above.",
 )
-_COPY = (
-    "Repeat the text exactly.\n{text}",
-    "Copy this: {text}",
-    "{text}\nWrite the text above again.",
-)
 _CONTAINS_WORD = (
     'Does the text contain the word "{word}"? Answer yes or no.\n{text}',
     '{text}\nIs the word "{word}" in the text above? yes or no?',
@@ -119,13 +112,11 @@ _COT_ANSWER = (
     "Read the reasoning and give its final answer.\n{text}",
     "{text}\nWhat answer does the reasoning above reach?",
     "Reasoning: {text}\nAnswer:",
+    "Answer the question.\nQ: {question}\nR: {text}",
+    "Q: {question}\nReasoning: {text}\nGive the final answer.",
 )
 # Final answers of the chain-of-thought skill: verdict words and names, not numbers.
 _ANSWER_WORDS = ("yes", "no", "true", "false", "Ana", "Juma", "Marie", "Lena", "Tom")
-_REVERSE = (
-    "Reverse the order of the words.\n{text}",
-    "Write these words backwards, last word first: {text}",
-)
 
 
 def last_number(rng: np.random.Generator) -> tuple[str, str]:
@@ -136,11 +127,6 @@ def last_number(rng: np.random.Generator) -> tuple[str, str]:
 def first_number(rng: np.random.Generator) -> tuple[str, str]:
     text = random_text(rng, min_numbers=1, max_numbers=4, max_words=12)
     return _template(rng, _FIRST_NUMBER, text=text), _numbers(text)[0]
-
-
-def copy_text(rng: np.random.Generator) -> tuple[str, str]:
-    text = random_text(rng, max_numbers=2, max_words=6).replace("\n", " ")
-    return _template(rng, _COPY, text=text), text
 
 
 def contains_word(rng: np.random.Generator) -> tuple[str, str]:
@@ -157,35 +143,34 @@ def contains_number(rng: np.random.Generator) -> tuple[str, str]:
     return _template(rng, _CONTAINS_NUMBER, text=text), "yes" if _numbers(text) else "no"
 
 
-def reverse_words(rng: np.random.Generator) -> tuple[str, str]:
-    words = random_text(rng, max_numbers=1, max_words=5).split()
-    return _template(rng, _REVERSE, text=" ".join(words)), " ".join(reversed(words))
+def _sentence(rng: np.random.Generator, max_words: int = 8) -> str:
+    return random_text(rng, max_numbers=1, max_words=max_words).replace("\n", " ").rstrip(".")
 
 
 def cot_answer(rng: np.random.Generator) -> tuple[str, str]:
-    """A generic chain of thought ending in "So the answer is X." / "..., so the answer is X.".
-
-    Half of the texts mention another answer word earlier, so the final one must be read.
-    """
+    """A generic chain of thought of one to four sentences ending in "So the answer is X." or
+    "..., so the answer is X."; half of them mention another answer word earlier, so the
+    final one must be read. Some come with a question before the reasoning (Q: ... R: ...)."""
     answer = str(rng.choice(_ANSWER_WORDS))
-    words = random_text(rng, max_numbers=1, max_words=6).replace("\n", " ").split()
+    sentences = [_sentence(rng) for _ in range(int(rng.integers(1, 5)))]
     if rng.random() < 0.5:
+        words = sentences[-1].split()
         words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(_ANSWER_WORDS)))
-    reasoning = " ".join(words).rstrip(".")
+        sentences[-1] = " ".join(words)
+    reasoning = ". ".join(sentences)
     if rng.random() < 0.5:
         text = f"{reasoning}, so the answer is {answer}."
     else:
         text = f"{reasoning}. So the answer is {answer}."
-    return _template(rng, _COT_ANSWER, text=text), answer
+    question = _sentence(rng, max_words=6) + "?"
+    return _template(rng, _COT_ANSWER, text=text, question=question), answer
 
 
 SKILLS: dict[str, Generator] = {
     "last_number": last_number,
     "first_number": first_number,
-    "copy": copy_text,
     "contains_word": contains_word,
     "contains_number": contains_number,
-    "reverse_words": reverse_words,
     "cot_answer": cot_answer,
 }
 

@@ -30,6 +30,7 @@ from fiat_t5x.rationales.injection import rationale_store
 from fiat_t5x.rationales.prompts import load_prompt
 from fiat_t5x.rationales.providers.base import Provider
 from fiat_t5x.rationales.tuning_prompt import load_tuning_prompt
+from fiat_t5x.training import eval_records
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,13 @@ def icl_baseline(
         (dataclasses.asdict(p) for p in predictions),
     )
     metrics = score_predictions(
-        metrics_task, [e.fields for e in examples], targets, [p.prediction for p in predictions]
+        metrics_task,
+        [e.fields for e in examples],
+        targets,
+        [p.prediction for p in predictions],
+        records_dir=eval_records.records_dir(model_dir, "eval"),
+        split=split_name,
+        ids=[e.example_id for e in examples],
     )
     metrics["answer_found_rate"] = (
         100.0 * sum(p.answer_found for p in predictions) / max(len(predictions), 1)

@@ -16,6 +16,7 @@ from typing import Any
 import seqio
 
 from fiat_t5x.rationales.prompt_files import resolve_path  # noqa: F401 - re-exported
+from fiat_t5x.training import eval_records
 from fiat_t5x.training.metrics_writer import append_row
 
 
@@ -24,8 +25,18 @@ def score_predictions(
     examples: Sequence[Mapping[str, Any]],
     targets: Sequence[str],
     predictions: Sequence[str],
+    *,
+    records_dir: str | os.PathLike | None = None,
+    split: str | None = None,
+    step: int = 0,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """{metric: value} of `predictions` against `targets` (texts) for the raw `examples`."""
+    """{metric: value} of `predictions` against `targets` (texts) for the raw `examples`.
+
+    With `records_dir` (e.g. `eval_records.records_dir(MODEL_DIR, "eval")`), the per-example
+    records (id, postprocessed target and prediction, the text) are written there too, as
+    training-time evaluation writes them, so sweep reports can bootstrap these metrics.
+    """
     if not len(examples) == len(targets) == len(predictions):
         raise ValueError(
             f"score_predictions: {len(examples)} examples, {len(targets)} targets, "
@@ -39,6 +50,18 @@ def score_predictions(
 
     gold = [apply(t, e, True) for t, e in zip(targets, examples, strict=True)]
     guessed = [apply(p, e, False) for p, e in zip(predictions, examples, strict=True)]
+    if records_dir is not None:
+        rows = [
+            eval_records.Record(
+                index=i,
+                id=None if ids is None else str(ids[i]),
+                target=gold[i],
+                prediction=guessed[i],
+                output=predictions[i],
+            )
+            for i in range(len(gold))
+        ]
+        eval_records.write_records(records_dir, task=task_name, split=split, step=step, rows=rows)
     results: dict[str, float] = {}
     for metric_fn in task.predict_metric_fns:
         for name, value in metric_fn(gold, guessed).items():

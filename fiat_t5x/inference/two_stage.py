@@ -34,6 +34,7 @@ from fiat_t5x.rationales.prompts import PromptSpec, load_prompt
 from fiat_t5x.rationales.providers.base import Provider
 from fiat_t5x.rationales.run_checks import check_trained_identity
 from fiat_t5x.rationales.tuning_prompt import TuningPrompt, load_tuning_prompt
+from fiat_t5x.training import eval_records
 from fiat_t5x.training.partitioning import Partitioner
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,13 @@ def run_two_stage(
 
 
 def score_fiat_predictions(
-    metrics_task: str, examples: Sequence[Example], predictions: Sequence[FiatPrediction]
+    metrics_task: str,
+    examples: Sequence[Example],
+    predictions: Sequence[FiatPrediction],
+    **records: Any,
 ) -> dict[str, float]:
-    """The task's predict metrics over the labelled predictions ({} when none has a label)."""
+    """The task's predict metrics over the labelled predictions ({} when none has a label);
+    `records` (records_dir=, split=) are passed to `score_predictions`."""
     labelled = [(e, p) for e, p in zip(examples, predictions, strict=True) if p.target is not None]
     if not labelled:
         return {}
@@ -119,6 +124,8 @@ def score_fiat_predictions(
         [e.fields for e, _ in labelled],
         [p.target for _, p in labelled],
         [p.prediction for _, p in labelled],
+        ids=[e.example_id for e, _ in labelled],
+        **records,
     )
 
 
@@ -201,7 +208,13 @@ def fiat_infer(
     )
     output = output or os.path.join(model_dir, "fiat_infer", f"{split_name}.jsonl")
     write_jsonl(output, (p.to_json() for p in predictions))
-    metrics = score_fiat_predictions(metrics_task or f"{task}_fiat", examples, predictions)
+    metrics = score_fiat_predictions(
+        metrics_task or f"{task}_fiat",
+        examples,
+        predictions,
+        records_dir=eval_records.records_dir(model_dir, "infer"),
+        split=split_name,
+    )
     if metrics:
         write_metrics(
             model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics, writer="fiat_infer"

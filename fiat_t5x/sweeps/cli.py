@@ -3,6 +3,7 @@
 fiat-t5x sweep list   gin/sweeps/demo.yaml              # variants and their commands
 fiat-t5x sweep run    gin/sweeps/demo.yaml --root runs/demo [--only a,b] [--fail_fast]
                       [--num_processes 2]              # each variant as 2 local "hosts"
+                      [--gin_file=F] [--gin.NAME=VALUE]  # added to every variant's command
 fiat-t5x sweep run    gin/sweeps/x.yaml --root R --launcher tpu -- --tpu_name ... --zone ...
 fiat-t5x sweep status gin/sweeps/demo.yaml --root runs/demo
 fiat-t5x sweep report gin/sweeps/demo.yaml --root runs/demo --out runs/demo/report
@@ -82,11 +83,16 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     # Everything after a bare `--` belongs to the launcher (`--launcher tpu -- --zone ...`).
     launcher_flags = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    # `--gin_file=F` / `--gin.NAME=VALUE` go to every variant of `sweep run`.
+    gin_flags = [a for a in own if a.startswith(("--gin_file=", "--gin."))]
+    args = _parser().parse_args([a for a in own if a not in gin_flags])
     args.launcher_flags = launcher_flags
+    if gin_flags and args.action != "run":
+        raise UsageError(f"{gin_flags[0]!r} is an option of `sweep run` only")
     args.sweep = sweep_file(args.sweep)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep).with_extra_args(gin_flags)
     return {"run": _run, "status": _status, "list": _list, "report": _report}[args.action](
         sweep, args
     )

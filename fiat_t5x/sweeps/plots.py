@@ -1,7 +1,8 @@
 """The report's figures (PNG, matplotlib's Agg backend: no display needed).
 
 - `cot_gain_figure`: FIAT's Figure 3, one point per language: x = the score without
-  CoT-augmented tuning, y = the gain that CoT-augmented tuning brings over it.
+  CoT-augmented tuning, y = the gain that CoT-augmented tuning brings over it (any two
+  variants work: the demo also plots FIAT against β's own answers), with bootstrap error bars.
 - `curves_figure`: FIAT's Figure 5, a validation metric against training step, one line per
   chosen variant.
 
@@ -20,8 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fiat_t5x.sweeps.intervals import Unavailable  # noqa: E402
 from fiat_t5x.sweeps.metrics import series  # noqa: E402
-from fiat_t5x.sweeps.report import SweepResults, language_metrics  # noqa: E402
+from fiat_t5x.sweeps.report import SweepResults, language_entries, language_metrics  # noqa: E402
 from fiat_t5x.sweeps.report_spec import CotGainPlot, CurvePlot, LanguageTable  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -38,8 +40,30 @@ def cot_gain_points(results: SweepResults, plot: CotGainPlot) -> dict[str, tuple
     }
 
 
+def cot_gain_errors(
+    results: SweepResults, plot: CotGainPlot
+) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """`{language: ((x low, x high), (y low, y high))}`: the interval of the baseline's score
+    and the paired interval of the gain, for languages where the records allow both."""
+    spec = LanguageTable(task="", metric="", key=plot.key)
+    with_cot = language_entries(results, spec, plot.with_cot)
+    without_cot = language_entries(results, spec, plot.without_cot)
+    errors = {}
+    for lang in sorted(set(with_cot) & set(without_cot)):
+        (x, x_name), (y, y_name) = without_cot[lang], with_cot[lang]
+        score = results.intervals.estimate(plot.without_cot, x_name, x)
+        gain = results.intervals.compare(
+            (plot.with_cot, [y_name], y), (plot.without_cot, [x_name], x)
+        )
+        if isinstance(score, Unavailable) or isinstance(gain, Unavailable):
+            continue
+        errors[lang] = ((score.low, score.high), (gain.difference.low, gain.difference.high))
+    return errors
+
+
 def cot_gain_figure(results: SweepResults, plot: CotGainPlot) -> Figure:
-    """Scatter of per-language gain against the no-CoT score (one series), with a y=0 line."""
+    """Scatter of per-language gain against the no-CoT score (one series), with a y=0 line and,
+    where per-example records exist, bootstrap error bars (score interval, paired gain interval)."""
     points = cot_gain_points(results, plot)
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     with_label, without_label = results.label(plot.with_cot), results.label(plot.without_cot)
@@ -47,6 +71,18 @@ def cot_gain_figure(results: SweepResults, plot: CotGainPlot) -> Figure:
         xs = [x for x, _ in points.values()]
         ys = [y for _, y in points.values()]
         ax.scatter(xs, ys, label=f"{with_label} − {without_label}")
+        for lang, ((x_low, x_high), (y_low, y_high)) in cot_gain_errors(results, plot).items():
+            x, y = points[lang]
+            ax.errorbar(
+                [x],
+                [y],
+                xerr=[[x - x_low], [x_high - x]],
+                yerr=[[y - y_low], [y_high - y]],
+                fmt="none",
+                ecolor="grey",
+                elinewidth=0.8,
+                capsize=2,
+            )
         for lang, (x, y) in points.items():
             ax.annotate(lang, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     else:

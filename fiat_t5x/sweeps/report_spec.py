@@ -4,6 +4,8 @@
       method: fiat                         # the row compared with the best baseline
       baselines: [icl, finetune, distilled_cot]
       rows: [icl, finetune, distilled_cot, fiat]   # optional order (default: sweep order)
+      ladder: [fiat, wo_cot, wo_instruction]       # optional: an ablation ladder, one step
+                                                   # per pair of neighbours (paired tests)
       columns:                             # tasks × metrics of the main table
         - {task: Demo, metric: Acc, key: "fiat_demo/accuracy"}
       languages:                           # one per-language table each
@@ -12,9 +14,12 @@
         - {with_cot: fiat, without_cot: wo_cot, key: "fiat_demo/accuracy/{language}"}
       curves:                              # Figure 5: metric vs training step
         - {key: "fiat_demo/accuracy", variants: [fiat, wo_cot]}
+      bootstrap: {resamples: 1000, confidence: 0.95, seed: 0}   # optional (these defaults)
 
 `key` is a metric name as the trainer writes it (see `fiat_t5x.sweeps.metrics`);
 `{language}` marks where a language code sits in per-language metric names.
+Every cell whose run wrote per-example records gets a bootstrap confidence interval, and the
+method is compared with each baseline by a paired bootstrap test (`fiat_t5x.sweeps.confidence`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fiat_t5x.sweeps.confidence import BootstrapSettings
 from fiat_t5x.sweeps.yaml_loader import SweepFileError
 
 LANGUAGE_FIELD = "{language}"
@@ -76,13 +82,26 @@ class ReportSpec:
     method: str | None = None
     baselines: tuple[str, ...] = ()
     rows: tuple[str, ...] = ()
+    ladder: tuple[str, ...] = ()
     columns: tuple[Column, ...] = ()
     languages: tuple[LanguageTable, ...] = ()
     cot_gain: tuple[CotGainPlot, ...] = ()
     curves: tuple[CurvePlot, ...] = ()
+    bootstrap: BootstrapSettings = BootstrapSettings()
 
 
-_KEYS = {"method", "baselines", "rows", "columns", "languages", "cot_gain", "curves"}
+_KEYS = {
+    "method",
+    "baselines",
+    "rows",
+    "ladder",
+    "columns",
+    "languages",
+    "cot_gain",
+    "curves",
+    "bootstrap",
+}
+_BOOTSTRAP_KEYS = {"resamples", "confidence", "seed"}
 
 
 def parse_report_spec(raw: Any, variant_names: Sequence[str], where: str) -> ReportSpec:
@@ -154,9 +173,11 @@ def parse_report_spec(raw: Any, variant_names: Sequence[str], where: str) -> Rep
         for i, c in enumerate(_list(raw.get("curves"), f"{where}.curves"))
     )
     return ReportSpec(
+        bootstrap=_bootstrap(raw.get("bootstrap"), f"{where}.bootstrap"),
         method=method,
         baselines=baselines,
         rows=variant_list("rows", raw.get("rows")),
+        ladder=variant_list("ladder", raw.get("ladder")),
         columns=columns,
         languages=languages,
         cot_gain=tuple(cot_gain),
@@ -165,6 +186,26 @@ def parse_report_spec(raw: Any, variant_names: Sequence[str], where: str) -> Rep
 
 
 _MISSING = object()
+
+
+def _bootstrap(raw: Any, where: str) -> BootstrapSettings:
+    if raw is None:
+        return BootstrapSettings()
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(f"{where} must be a mapping with {sorted(_BOOTSTRAP_KEYS)}")
+    unknown = sorted(set(map(str, raw)) - _BOOTSTRAP_KEYS)
+    if unknown:
+        raise SweepFileError(
+            f"{where}: unknown field(s) {unknown}; allowed are {sorted(_BOOTSTRAP_KEYS)}"
+        )
+    try:
+        return BootstrapSettings(
+            resamples=int(raw.get("resamples", BootstrapSettings.resamples)),
+            confidence=float(raw.get("confidence", BootstrapSettings.confidence)),
+            seed=int(raw.get("seed", BootstrapSettings.seed)),
+        )
+    except (TypeError, ValueError) as e:
+        raise SweepFileError(f"{where}: {e}") from None
 
 
 def _list(value: Any, where: str) -> list:

@@ -4,7 +4,8 @@ A sweep file (see `docs/sweeps.md` and `gin/sweeps/*.yaml`) looks like::
 
     name: demo_ablations
     gin_files: [gin/runs/finetune.gin]        # shared by every variant, listed first
-    bindings: {TRAIN_STEPS: 200}              # shared bindings (a variant's own win)
+    bindings: {TRAIN_STEPS: 200}              # shared bindings (a variant's own win);
+                                              # "{root}" in a string is the sweep root
     variants:
       fiat:   {label: FIAT, gin_files: [gin/fiat/demo.gin]}
       wo_cot: {label: w/o CoT, gin_files: [gin/ablations/wo_cot.gin]}
@@ -98,6 +99,8 @@ class Sweep:
     variants: tuple[Variant, ...]
     gin_search_paths: tuple[pathlib.Path, ...]
     report: ReportSpec
+    # Flags appended to every variant's command (`sweep run --gin_file=F --gin.NAME=VALUE`).
+    extra_args: tuple[str, ...] = ()
 
     @property
     def variant_names(self) -> list[str]:
@@ -152,14 +155,47 @@ class Sweep:
         return resolved
 
     def argv(self, variant: Variant, model_dir: str | pathlib.Path) -> list[str]:
-        """The full command line that trains and evaluates `variant` into `model_dir`."""
+        """The full command line that trains and evaluates `variant` into `model_dir`.
+
+        `{root}` in a string binding becomes the sweep root (the parent of `model_dir`), so a
+        variant can read what an earlier one wrote: `RATIONALE_STORE: "{root}/beta/store"`.
+        """
         files = self.resolve_gin_files(variant)
         argv = [sys.executable if part == "{python}" else part for part in variant.command]
         argv += [f"--gin_file={f}" for f in files]
         argv.append(f"--gin_search_paths={','.join(str(p) for p in self.search_paths())}")
-        bindings = {**variant.bindings, "MODEL_DIR": str(model_dir)}
+        root = str(pathlib.Path(model_dir).parent)
+        bindings = {
+            **{k: _with_root(v, root) for k, v in variant.bindings.items()},
+            "MODEL_DIR": str(model_dir),
+        }
         argv += [f"--gin.{key}={gin_literal(value)}" for key, value in bindings.items()]
+        argv += [arg.replace(ROOT_FIELD, root) for arg in self.extra_args]
         return argv
+
+    def with_extra_args(self, args: Sequence[str]) -> Sweep:
+        """This sweep with `--gin_file=...` / `--gin.NAME=VALUE` flags added to every variant
+        (after its own, so they win); `{root}` in them is the sweep root."""
+        for arg in args:
+            if not arg.startswith(("--gin_file=", "--gin.")):
+                raise SweepFileError(
+                    f"{arg!r}: only --gin_file=FILE and --gin.NAME=VALUE can be added to a sweep"
+                )
+        return dataclasses.replace(self, extra_args=(*self.extra_args, *args))
+
+
+ROOT_FIELD = "{root}"
+
+
+def _with_root(value: Any, root: str) -> Any:
+    """`value` with `{root}` replaced in every string it holds."""
+    if isinstance(value, str):
+        return value.replace(ROOT_FIELD, root)
+    if isinstance(value, list | tuple):
+        return type(value)(_with_root(v, root) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _with_root(v, root) for k, v in value.items()}
+    return value
 
 
 def gin_literal(value: Any) -> str:

@@ -17,6 +17,7 @@ same checkpoint gets the same metrics from the trainer's periodic eval and from 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from fiat_t5x.models.batch_decoder import BatchDecoder, mesh_context, to_host
 from fiat_t5x.training import data as data_lib
+from fiat_t5x.training import eval_records
 from fiat_t5x.training.optimizers import merge_params
 from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import Trainer
@@ -51,6 +53,8 @@ class Evaluation:
       seed: seed of the datasets' preprocessing (None: `data.EVAL_SEED`).
       feature_converter_cls: as `DatasetConfig.feature_converter_cls` (always unpacked here);
         None is SeqIO's EncDecFeatureConverter.
+      records_dir: where the SeqIO evaluation writes its per-example records
+        (`fiat_t5x.training.eval_records`, e.g. MODEL_DIR/records/eval); None writes none.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Evaluation:
         max_decode_length: int | None = None,
         feature_converter_cls: data_lib.FeatureConverterFactory | None = None,
         seed: int | None = data_lib.EVAL_SEED,
+        records_dir: str | os.PathLike | None = None,
     ) -> None:
         self.trainer = trainer
         self.name = mixture_or_task_name
@@ -81,6 +86,7 @@ class Evaluation:
         self.seed = data_lib.EVAL_SEED if seed is None else int(seed)
         self.max_decode_length = max_decode_length or self.lengths["targets"]
         self.feature_converter_cls = feature_converter_cls
+        self.records_dir = records_dir
         dp = trainer.partitioner.data_parallel_size
         if batch_size % dp:
             raise ValueError(
@@ -130,6 +136,12 @@ class Evaluation:
                 num_examples=self.num_examples,
                 shuffle=False,
                 async_compute_metrics=False,
+                logger_cls=(
+                    [eval_records.records_logger(self.split)]
+                    if self.records_dir is not None
+                    else ()
+                ),
+                log_dir=None if self.records_dir is None else os.fspath(self.records_dir),
             )
         return self._evaluator
 

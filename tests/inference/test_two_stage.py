@@ -20,19 +20,18 @@ from fiat_t5x.models.model import EncoderDecoderModel
 from fiat_t5x.rationales.generate import Example
 from fiat_t5x.rationales.injection import MissingRationaleError
 from fiat_t5x.rationales.store import RationaleStore
-from fiat_tasks import demo, fiat_demo_variants
+from fiat_tasks import demo, demo_beta, demo_rationales, demo_vocab, fiat_demo_variants
 
 N = 12
-LENGTHS = {"inputs": 224, "targets": 8}
+LENGTHS = {"inputs": 128, "targets": 8}  # the demo's FIAT length
 
 
 @pytest.fixture(scope="module")
 def tiny_tau():
-    model = EncoderDecoderModel(presets.micro())
+    vocabulary = demo_vocab.vocabulary()  # what the demo's FIAT tasks tokenize with
+    model = EncoderDecoderModel(presets.micro(vocab_size=vocabulary.vocab_size))
     params = model.init_params(jax.random.PRNGKey(3))
-    return Tau(
-        model, params, seqio.ByteVocabulary(), LENGTHS["inputs"], LENGTHS["targets"], batch_size=8
-    )
+    return Tau(model, params, vocabulary, LENGTHS["inputs"], LENGTHS["targets"], batch_size=8)
 
 
 def demo_examples(split: str, n: int = N) -> list[Example]:
@@ -53,13 +52,17 @@ def test_two_stage_equals_the_stages_by_hand(tiny_tau, tmp_path, monkeypatch):
         store_task="fiat_demo",
         split="test",
         beta_prompt=prompt,
-        beta=fiat_demo_variants.demo_provider(),
+        beta=demo_beta.ScriptedDemoBeta(),
     )
     stored = RationaleStore.open_readonly(store_dir).texts("fiat_demo", "test")
     assert sorted(stored) == sorted(e.example_id for e in examples)
 
     # By hand: β on its rendered Iβ prompt; τ's inputs from the SeqIO task `fiat_demo_fiat`
-    # (tf.data rendering and tokenization), decoded with the model directly.
+    # (tf.data rendering and tokenization), decoded with the model directly. The task reads
+    # the whole split from the store, so the demo's β step fills in the rest first.
+    demo_rationales.generate_demo_rationales(
+        store_dir, demo_beta.ScriptedDemoBeta(), fiat_demo_variants.IBETA_FILE, splits=("test",)
+    )
     monkeypatch.setenv("FIAT_RATIONALE_STORE", store_dir)
     task = seqio.get_mixture_or_task("fiat_demo_fiat")
     rows = {
@@ -68,7 +71,7 @@ def test_two_stage_equals_the_stages_by_hand(tiny_tau, tmp_path, monkeypatch):
     }
     by_hand = []
     for example in examples:
-        rationale = fiat_demo_variants.demo_beta(prompt.render(example.fields))
+        rationale = demo_beta.beta_from_prompt(prompt.render(example.fields))
         row = rows[example.example_id]
         assert row["rationale"].decode() == rationale
         tokens = np.zeros((1, LENGTHS["inputs"]), np.int32)
@@ -120,21 +123,19 @@ def test_icl_baseline_parses_and_scores(tmp_path):
         split="validation",
         store_dir=store_dir,
         ibeta_file=str(fiat_demo_variants.IBETA_FILE),
-        beta=fiat_demo_variants.demo_provider(),
+        beta=demo_beta.ScriptedDemoBeta(),
         limit=40,
     )
     examples = demo.generate_split("validation")[:40]
 
-    # Reference: the verdict implied by the oracle's own arithmetic (its written result
-    # against the question's claim), compared with the gold answer, per language.
-    def implied_verdict(question: str) -> str:
-        rationale = demo.oracle_rationale(question)
-        written = int(re.search(r"= (-?\d+)\.", rationale).group(1))
-        claim = int(re.findall(r"\d+", question)[-1])
-        return "yes" if written == claim else "no"
+    # Reference: the final answer written at the end of β's text, compared with the gold
+    # answer, per language.
+    def written_answer(question: str) -> str:
+        rationale = demo_beta.scripted_rationale(question)
+        return re.search(r"so the answer is (yes|no)\.$", rationale).group(1)
 
-    oracle = [implied_verdict(e.question) for e in examples]
-    correct = [o == e.answer for o, e in zip(oracle, examples, strict=True)]
+    answers = [written_answer(e.question) for e in examples]
+    correct = [a == e.answer for a, e in zip(answers, examples, strict=True)]
     assert not all(correct)  # the scripted β makes mistakes
     assert metrics["accuracy"] == pytest.approx(100.0 * np.mean(correct))
     for lang in demo.LANGUAGES:

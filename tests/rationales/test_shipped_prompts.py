@@ -49,7 +49,7 @@ def test_demo_split_through_a_job(tmp_path):
         prompt = spec.render(example.fields)
         assert prompt.endswith(f"Q: {example.fields['question']}\nA: ")
         if example.fields["language"] == "de":
-            assert "verschenkt 4" in prompt and "gives 4 away" not in prompt
+            assert "verschenkt 4" in prompt and "apples and gives 4 away" not in prompt
     with FakeOpenAIServer() as server:
         job = RationaleJob(
             store_dir=str(tmp_path / "store"),

@@ -8,6 +8,11 @@ format. Macros it reads (all optional except MODEL_DIR):
   TRAIN_STEPS: number of eval records (default 3), logged at steps 10, 20, ...
   EXIT_CODE: exit with this code after printing an error (a failing variant).
   WAIT_FOR: a path; the trainer sleeps until it exists (an interruptible long run).
+  EXAMPLE_HITS: {language: "0110..."}: per-example right (1) / wrong (0) answers of the task
+    `fiat_demo_plain`; the last step logs their accuracies (`eval/fiat_demo_plain/accuracy`,
+    per language) and writes the per-example records a report bootstraps
+    (`fiat_t5x.training.eval_records`). RECORDS_SKEW adds this much to the logged accuracy
+    (records that do not reproduce their metric).
 Under `launch.local`, only process 0 writes metrics. Every invocation appends a line to MODEL_DIR/invocations so tests can count runs.
 """
 
@@ -70,7 +75,41 @@ def main(argv: list[str]) -> int:
             for lang, value in lang_scores.items():
                 record[f"eval/demo/accuracy/{lang}"] = float(value) * i / steps
             f.write(json.dumps(record) + "\n")
+    hits = dict(_query("EXAMPLE_HITS", {}) or {})
+    if hits:
+        _write_example_hits(model_dir, 10 * steps, hits, float(_query("RECORDS_SKEW", 0.0)))
     return 0
+
+
+def _write_example_hits(model_dir: str, step: int, hits: dict, skew: float) -> None:
+    from fiat_t5x.training import eval_records
+
+    rows = []
+    for language, text in sorted(hits.items()):
+        for i, hit in enumerate(text):
+            rows.append(
+                eval_records.Record(
+                    index=len(rows),
+                    id=f"ex-{language}-{i:03d}",
+                    target={"answer": "yes", "language": language},
+                    prediction="yes" if hit == "1" else "no",
+                )
+            )
+    eval_records.write_records(
+        eval_records.records_dir(model_dir, "eval"),
+        task="fiat_demo_plain",
+        split="validation",
+        step=step,
+        rows=rows,
+        imports=["fiat_tasks.demo"],
+    )
+    record = {"step": step}
+    every = "".join(text for _, text in sorted(hits.items()))
+    record["eval/fiat_demo_plain/accuracy"] = 100.0 * every.count("1") / len(every) + skew
+    for language, text in hits.items():
+        record[f"eval/fiat_demo_plain/accuracy/{language}"] = 100.0 * text.count("1") / len(text)
+    with open(os.path.join(model_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ def _last_record(model_dir) -> dict:
     return json.loads(lines[-1])
 
 
-def _csv_rows(path) -> dict[str, dict[str, str]]:
+def _csv_rows(path, key: str = "Method") -> dict[str, dict[str, str]]:
     with open(path, newline="") as f:
-        return {row["Method"]: row for row in csv.DictReader(f)}
+        return {row[key]: row for row in csv.DictReader(f)}
 
 
 @pytest.fixture
@@ -131,3 +131,123 @@ def test_plots_are_valid_pngs_with_expected_series(finished, tmp_path):
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert image.std() > 0  # something was drawn
+
+
+HITS_SWEEP = """\
+name: hits
+gin_search_paths: ["."]
+command: {command}
+variants:
+{variants}
+report:
+  method: method
+  baselines: [close, weak]
+  rows: [method, close, weak, skewed]
+  ladder: [method, close, weak]
+  columns:
+    - {{task: T, metric: Acc, key: eval/fiat_demo_plain/accuracy}}
+    - {{task: T, metric: Loss, key: train/loss, higher_is_better: false}}
+  languages:
+    - {{task: T, metric: Acc, key: "eval/fiat_demo_plain/accuracy/{{language}}"}}
+  bootstrap: {{resamples: 400, seed: 3}}
+"""
+
+
+def _hits(n_right: int, n: int = 60, wrong_first: int = 0) -> str:
+    """`n` answers, `n_right` of them right; the first `wrong_first` right ones turned wrong."""
+    text = ["1"] * n_right + ["0"] * (n - n_right)
+    for i in range(wrong_first):
+        text[i] = "0"
+    return "".join(text)
+
+
+@pytest.fixture
+def hits_sweep(gin_tree):
+    from tests.sweeps.conftest import fake_command, write_sweep
+
+    per_variant = {
+        "method": {"en": _hits(54), "de": _hits(48)},
+        "close": {"en": _hits(54, wrong_first=1), "de": _hits(48)},
+        "weak": {"en": _hits(54, wrong_first=20), "de": _hits(48, wrong_first=15)},
+        "skewed": {"en": _hits(54), "de": _hits(48)},
+    }
+    lines = []
+    for name, hits in per_variant.items():
+        bindings = {"EXAMPLE_HITS": hits}
+        if name == "skewed":
+            bindings["RECORDS_SKEW"] = 1.0
+        lines.append(
+            f"  {name}: {json.dumps({'gin_files': ['gin/base.gin'], 'bindings': bindings})}"
+        )
+    body = HITS_SWEEP.format(command=json.dumps(fake_command()), variants="\n".join(lines))
+    sweep = load_sweep(write_sweep(gin_tree, body, "hits.yaml"))
+    root = gin_tree / "root"
+    SweepRunner(sweep, root).run()
+    return sweep, root
+
+
+def test_report_gives_intervals_and_paired_tests(hits_sweep, tmp_path):
+    from fiat_t5x.sweeps import confidence
+    from fiat_t5x.training import eval_records
+
+    sweep, root = hits_sweep
+    files = write_report(sweep, root, tmp_path / "out", plots=False)
+    main = _csv_rows(tmp_path / "out" / "main.csv")
+    # Each accuracy cell holds its point estimate, and equals a bootstrap computed here
+    # directly from the variant's records with the report's settings.
+    for name in ("method", "close", "weak"):
+        row = main[name]
+        value, low, high = (float(row[f"T Acc{s}"]) for s in ("", " low", " high"))
+        assert low <= value <= high and high - low > 5
+        (path,) = (root / name / "records" / "eval" / "fiat_demo_plain").glob("step_*.jsonl")
+        records = eval_records.read_records(path)
+        examples = confidence.Examples.from_records(records.rows)
+        metric = confidence.seqio_metric("fiat_demo_plain")
+        settings = sweep.report.bootstrap
+        dist = confidence.bootstrap_distribution(
+            examples, metric, confidence.resample_plan(len(examples), settings)
+        )
+        expected = confidence.percentile_interval(value, dist["accuracy"], settings)
+        assert (low, high) == pytest.approx((expected.low, expected.high))
+    # The loss has no per-example records: a number without interval, and a note says why.
+    assert main["method"]["T Loss"] != "" and main["method"]["T Loss low"] == ""
+    markdown = files.markdown.read_text()
+    assert (
+        "T Loss: no interval for method, close, weak, skewed (no per-example records" in markdown
+    ), markdown
+    # Records that do not reproduce the logged metric give no interval.
+    assert main["skewed"]["T Acc low"] == ""
+    assert "no interval for skewed (its records" in markdown
+    # The gain over the best baseline ("close", one example apart) is not significant.
+    gain = main["method: gain over best baseline"]
+    assert float(gain["T Acc"]) == pytest.approx(100 / 120)
+    assert gain["T Acc significant"] == "False"
+    assert float(gain["T Acc low"]) <= 0 <= float(gain["T Acc high"])
+    assert "not significant (p=" in markdown
+    # Against each baseline: Holm-adjusted p-values; "weak" is far below, "close" is not.
+    comparisons = _csv_rows(tmp_path / "out" / "comparisons.csv", key="Comparison")
+    weak, close = comparisons["method vs weak"], comparisons["method vs close"]
+    assert weak["T Acc significant"] == "True" and float(weak["T Acc p"]) < 0.01
+    assert float(weak["T Acc low"]) > 20
+    assert close["T Acc significant"] == "False"
+    # The ladder: each step's cost, paired; only the big drop is significant.
+    ladder = _csv_rows(tmp_path / "out" / "ladder.csv", key="Step")
+    assert list(ladder) == ["method → close", "close → weak"]
+    assert ladder["method → close"]["T Acc significant"] == "False"
+    assert ladder["close → weak"]["T Acc significant"] == "True"
+    assert float(ladder["close → weak"]["T Acc"]) == pytest.approx(
+        float(main["close"]["T Acc"]) - float(main["weak"]["T Acc"])
+    )
+
+
+def test_language_table_has_intervals_for_languages_and_their_mean(hits_sweep):
+    sweep, root = hits_sweep
+    table = language_table(collect(sweep, root), sweep.report.languages[0])
+    assert table.columns == ("de", "en", "mean")
+    for column in table.columns:
+        value = table.value("method", column)
+        low, high = table.interval("method", column)
+        assert low <= value <= high
+    assert table.value("method", "mean") == pytest.approx((90 + 80) / 2)
+    gain = table.row("method: gain over best baseline")
+    assert gain.test(table.columns.index("en")) is not None

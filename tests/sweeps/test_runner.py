@@ -129,6 +129,22 @@ def test_cli_exit_code_and_status(gin_tree, capsys):
     assert "ok" in out and "done" in out and "failed" in out
 
 
+def test_run_adds_gin_flags_to_every_variant(gin_tree, capsys):
+    sweep_path = two_variant_sweep(gin_tree)
+    root = gin_tree / "root"
+    args = ["run", str(sweep_path), "--root", str(root), "--gin.SCORE=42.0"]
+    assert cli.main(args) == 0
+    for name in ("fiat", "wo_cot"):
+        assert _last_record_of(root / name)["eval/demo/accuracy"] == 42.0
+        assert "--gin.SCORE=42.0" in (root / name / "command.sh").read_text()
+    assert cli.main(["status", str(sweep_path), "--root", str(root), "--gin.SCORE=1"]) == 2
+    assert "is an option of `sweep run` only" in capsys.readouterr().err
+
+
+def _last_record_of(model_dir) -> dict:
+    return json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def test_variants_as_two_local_processes(gin_tree):
     sweep_path = two_variant_sweep(gin_tree)
     root = gin_tree / "root"

@@ -83,24 +83,39 @@ def test_gin_literal_is_parsed_back_by_gin():
     assert gin_literal("@adamw") == "@adamw" and gin_literal("%MODEL_DIR") == "%MODEL_DIR"
 
 
-def test_argv_resolves_gin_files_and_sets_model_dir(tmp_path):
+def _one_variant_sweep(tmp_path, shared: str, variant: str):
+    """A sweep file with one variant `v` reading the empty gin/a.gin."""
     (tmp_path / "gin").mkdir()
     (tmp_path / "gin" / "a.gin").write_text("")
-    path = write_sweep(
-        tmp_path,
-        """\
-        name: s
-        gin_search_paths: ["."]
-        variants:
-          v: {gin_files: [gin/a.gin], bindings: {MIXTURE_OR_TASK_NAME: demo}}
-        """,
+    body = f'name: s\ngin_search_paths: ["."]\n{shared}variants:\n  v: {variant}\n'
+    return load_sweep(write_sweep(tmp_path, body))
+
+
+def test_argv_resolves_gin_files_and_sets_model_dir(tmp_path):
+    sweep = _one_variant_sweep(
+        tmp_path, "", "{gin_files: [gin/a.gin], bindings: {MIXTURE_OR_TASK_NAME: demo}}"
     )
-    sweep = load_sweep(path)
     argv = sweep.argv(sweep.variant("v"), tmp_path / "root" / "v")
     assert argv[:3] == [sys.executable, "-m", "fiat_t5x.train"]
     assert f"--gin_file={tmp_path / 'gin' / 'a.gin'}" in argv
     assert "--gin.MIXTURE_OR_TASK_NAME='demo'" in argv
     assert f"--gin.MODEL_DIR='{tmp_path / 'root' / 'v'}'" in argv
+
+
+def test_root_in_bindings_and_extra_flags_point_variants_at_each_other(tmp_path):
+    sweep = _one_variant_sweep(
+        tmp_path,
+        'bindings: {STORE: "{root}/beta/store", PATHS: ["{root}/a", 3]}\n',
+        "{gin_files: [gin/a.gin]}",
+    ).with_extra_args(["--gin.STEPS=4", "--gin.OUT='{root}/x'"])
+    root = tmp_path / "root"
+    argv = sweep.argv(sweep.variant("v"), root / "v")
+    assert f"--gin.STORE='{root}/beta/store'" in argv
+    assert f"--gin.PATHS=['{root}/a', 3]" in argv
+    # Added flags come last, so they win over the variant's own bindings.
+    assert argv[-2:] == ["--gin.STEPS=4", f"--gin.OUT='{root}/x'"]
+    with pytest.raises(SweepFileError, match="only --gin_file=FILE and --gin.NAME=VALUE"):
+        sweep.with_extra_args(["--only=v"])
 
 
 def test_missing_gin_file_is_reported_when_run_not_when_parsed(tmp_path):

@@ -262,7 +262,9 @@ def test_eval_and_infer_read_the_trained_checkpoint(reference, capsys, tmp_path)
     )
     path = capsys.readouterr().out.strip().splitlines()[-1]
     records = [json.loads(line) for line in open(path)]
-    assert len(records) == 100 and records[0]["step"] == REFERENCE_STEPS
+    from fiat_tasks import demo
+
+    assert len(records) == demo.SPLIT_SIZES["test"] and records[0]["step"] == REFERENCE_STEPS
     assert {"inputs", "targets", "prediction", "id", "language"} <= set(records[0])
 
 

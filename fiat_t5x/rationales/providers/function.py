@@ -2,8 +2,9 @@
 
 It is honest about what it is: its identity says `kind: function` and names the function, so
 a store written by it can never be mistaken for (or mixed with) a language model's rationales.
-The bundled demo uses it to run a scripted reasoner through the same generation job and store
-as a real β (`fiat_tasks.fiat_demo_variants.demo_beta`).
+The bundled demo's scripted reasoner builds on it (`fiat_tasks.demo_beta.ScriptedDemoBeta`,
+whose identity says `kind: scripted`) and goes through the same generation job and store as a
+real β.
 """
 
 from __future__ import annotations

@@ -32,17 +32,17 @@ def _assignments(sweep: Sweep, variant: Variant) -> dict[str, Assignment] | None
 
 
 def check_bindings_keep_variants_apart(sweep: Sweep) -> None:
-    """Raises SweepFileError, naming each file and line and the fix, when one binding value
-    reaches variants whose gin files set that binding to different values: applied after every
-    file, it would make them equal. (Variants whose files do not set it are not compared: a
+    """Raises SweepFileError, naming each file and line and the fix, when one shared binding
+    (the sweep's top-level `bindings:`) reaches variants whose gin files set that binding to
+    different values: applied after every file, it would make them equal. (Variants whose files do not set it are not compared: a
     macro no file sets is read by none, and `fiat-t5x train` refuses a binding nothing reads.)"""
     stacks = {v.name: _assignments(sweep, v) for v in sweep.variants}
     problems = []
-    for key in sorted({key for v in sweep.variants for key in v.bindings}):
-        by_value: dict[str, list[Variant]] = {}
-        for v in sweep.variants:
-            if key in v.bindings:
-                by_value.setdefault(gin_literal(v.bindings[key]), []).append(v)
+    for key in sorted(sweep.shared_bindings):
+        shared = gin_literal(sweep.shared_bindings[key])
+        # A variant's own binding of the name is a choice for that variant, not one value
+        # spread over all of them (a smoke run may give every variant the same few steps).
+        by_value = {shared: [v for v in sweep.variants if gin_literal(v.bindings[key]) == shared]}
         for literal, variants in by_value.items():
             settings: dict[str, tuple[list[str], Assignment]] = {}
             for v in variants:

@@ -101,6 +101,8 @@ class Sweep:
     report: ReportSpec
     # Flags appended to every variant's command (`sweep run --gin_file=F --gin.NAME=VALUE`).
     extra_args: tuple[str, ...] = ()
+    # The top-level `bindings:` (every variant gets them unless it binds the name itself).
+    shared_bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def variant_names(self) -> list[str]:
@@ -269,6 +271,7 @@ def parse_sweep(data: Any, path: pathlib.Path) -> Sweep:
         variants=tuple(variants),
         gin_search_paths=search_paths,
         report=report,
+        shared_bindings=dict(base.bindings),
     )
 
 

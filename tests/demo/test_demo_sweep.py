@@ -33,11 +33,15 @@ def _cut_down(tmp_path: pathlib.Path) -> pathlib.Path:
     for name, variant in spec["variants"].items():
         if name in ("fiat", "wo_peft", "distilled_cot"):
             variant["bindings"] = {
+                **variant.get("bindings", {}),
                 **FEW_STEPS,
                 "train_script.train.eval_num_examples": EVALUATED,
             }
     spec["variants"]["instruction_base"]["bindings"] = {**FEW_STEPS, "EVAL_PERIOD": 0}
-    spec["variants"]["icl"]["bindings"] = {"icl.icl_baseline.limit": EVALUATED}
+    spec["variants"]["icl"]["bindings"] = {
+        **spec["variants"]["icl"].get("bindings", {}),
+        "icl.icl_baseline.limit": EVALUATED,
+    }
     report = spec["report"]
     report["rows"] = [r for r in report["rows"] if r in SUBSET]
     report["baselines"] = [b for b in report["baselines"] if b in SUBSET]
@@ -66,6 +70,14 @@ def _csv(path: pathlib.Path, key: str = "Method") -> dict[str, dict[str, str]]:
         return {row[key]: row for row in csv.DictReader(f)}
 
 
+def _rows(path: pathlib.Path) -> dict:
+    """Every metrics row of a step merged (the job's counts, then β's quality)."""
+    merged: dict = {}
+    for line in path.read_text().splitlines():
+        merged.update(json.loads(line))
+    return merged
+
+
 @pytest.mark.slow
 def test_demo_sweep_cut_down(tmp_path):
     sweep = _cut_down(tmp_path)
@@ -76,7 +88,7 @@ def test_demo_sweep_cut_down(tmp_path):
     assert list((root / "instruction_base" / "base").glob("checkpoint_4"))
     identity = json.loads((root / "beta_rationales" / "store" / "identity.json").read_text())
     assert identity["provider"]["kind"] == "scripted"
-    beta = json.loads((root / "beta_rationales" / "metrics.jsonl").read_text().splitlines()[0])
+    beta = _rows(root / "beta_rationales" / "metrics.jsonl")
     assert beta["beta/validation/rationales"] == 400
     # β is right where it reads the question, and at chance on Swahili, by design.
     assert beta["beta/validation/answer_accuracy/en"] > 85
@@ -135,5 +147,5 @@ def test_demo_sweep_cut_down(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     identity = json.loads((root2 / "beta_rationales" / "store" / "identity.json").read_text())
     assert identity["provider"]["model"] == "careful test reader"
-    quality = json.loads((root2 / "beta_rationales" / "metrics.jsonl").read_text().splitlines()[0])
+    quality = _rows(root2 / "beta_rationales" / "metrics.jsonl")
     assert quality["beta/validation/answer_accuracy/sw"] == 100.0  # it reads Swahili too

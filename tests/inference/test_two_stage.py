@@ -17,10 +17,11 @@ from fiat_t5x.inference.tau import Tau, decode_outputs
 from fiat_t5x.inference.two_stage import run_two_stage, score_fiat_predictions
 from fiat_t5x.models import presets
 from fiat_t5x.models.model import EncoderDecoderModel
+from fiat_t5x.rationales import job as job_lib
 from fiat_t5x.rationales.generate import Example
 from fiat_t5x.rationales.injection import MissingRationaleError
 from fiat_t5x.rationales.store import RationaleStore
-from fiat_tasks import demo, demo_beta, demo_rationales, demo_vocab, fiat_demo_variants
+from fiat_tasks import demo, demo_beta, demo_vocab, fiat_demo_variants
 
 N = 12
 LENGTHS = {"inputs": 128, "targets": 8}  # the demo's FIAT length
@@ -60,8 +61,15 @@ def test_two_stage_equals_the_stages_by_hand(tiny_tau, tmp_path, monkeypatch):
     # By hand: β on its rendered Iβ prompt; τ's inputs from the SeqIO task `fiat_demo_fiat`
     # (tf.data rendering and tokenization), decoded with the model directly. The task reads
     # the whole split from the store, so the demo's β step fills in the rest first.
-    demo_rationales.generate_demo_rationales(
-        store_dir, demo_beta.ScriptedDemoBeta(), fiat_demo_variants.IBETA_FILE, splits=("test",)
+    job_lib.run_job(
+        job_lib.RationaleJob(
+            store_dir=store_dir,
+            task="fiat_demo",
+            ibeta_file=str(fiat_demo_variants.IBETA_FILE),
+            beta=demo_beta.ScriptedDemoBeta(),
+            splits=("test",),
+            progress=False,
+        )
     )
     monkeypatch.setenv("FIAT_RATIONALE_STORE", store_dir)
     task = seqio.get_mixture_or_task("fiat_demo_fiat")

@@ -87,16 +87,18 @@ def test_which_bindings_erase_a_difference(tmp_path):
     (gin_dir / "common.gin").write_text("X = 1\nSAME = 'a'\nd.C:\n  pack = True\n")
     (gin_dir / "other.gin").write_text("include 'gin/common.gin'\nX = %Y\nd.C.pack = False\n")
 
-    def check(shared: str, own: str = "") -> None:
+    def check(shared: str, own: str = "", own_one: str = "") -> None:
         body = (
             f'name: s\ngin_search_paths: ["."]\n{shared}variants:\n'
-            f"  one: {{gin_files: [gin/common.gin]}}\n"
+            f"  one: {{gin_files: [gin/common.gin]{own_one}}}\n"
             f"  two: {{gin_files: [gin/other.gin]{own}}}\n"
         )
         check_bindings_keep_variants_apart(load_sweep(write_sweep(tmp_path, body)))
 
     check("bindings: {SAME: b, UNSET: 3}\n")  # every file sets it alike, or none sets it
     check("", ", bindings: {X: 5}")  # one variant's own value keeps them apart
+    check("", ", bindings: {X: 5}", ", bindings: {X: 5}")  # each variant's own choice (smoke runs)
+    check("bindings: {X: 5}\n", ", bindings: {X: 6}")  # the shared value reaches one file only
     with pytest.raises(
         SweepFileError, match=r"binding X=5 .*variant one: \S*gin/common.gin:1 sets"
     ):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fiat_t5x import cpu_tuning
 from fiat_t5x.models.losses import loss_normalizing_factor_and_weights
 from fiat_t5x.training import flops as flops_lib
 from fiat_t5x.training.optimizers import (
@@ -204,16 +205,19 @@ class Trainer:
     def _compile_steps(self) -> None:
         p = self.partitioner
         batch_sh = p.batch_sharding()
+        options = cpu_tuning.xla_compiler_options() or None  # {} off the CPU backend
         self._train_step = jax.jit(
             self._train_step_impl,
             in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
             out_shardings=(self.state_shardings, p.replicated),
             donate_argnums=(0,),
+            compiler_options=options,
         )
         self._eval_step = jax.jit(
             self._eval_step_impl,
             in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
             out_shardings=p.replicated,
+            compiler_options=options,
         )
 
     def train_step(self, state: TrainState, frozen, batch: Mapping[str, jax.Array]):

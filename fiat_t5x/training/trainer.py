@@ -181,8 +181,9 @@ class Trainer:
         if getattr(self.model.config, "dropout_rate", 0.0) > 0:
             rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
         loss, metrics, grads = self._accumulated(state.params, frozen, batch, rng)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("optimizer"):  # names the update's ops in profiles (bench/)
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["loss_per_token"] = (

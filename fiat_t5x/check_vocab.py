@@ -3,12 +3,18 @@
 Prints a table (per language: examples, characters, % of characters and tokens mapped to
 unknown, the characters lost) and exits 1 when any language is above `--threshold`, so CI or a
 launch script can stop before training on text the vocabulary cannot represent.
+
+Your own task: `--module my_tasks` imports the module that registers it (repeatable; run from
+the directory that holds my_tasks.py, or set PYTHONPATH). Languages are read from the
+examples' `language` field (`--language_field` names another). Mistakes (an unknown module,
+task, split or vocabulary file) exit 2 with one message.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from fiat_t5x import errors
 
 DEFAULT_MODULES = ("fiat_tasks.xor_attriqa", "fiat_tasks.xtreme_up_qa")
 
@@ -29,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"module(s) that register the task (default: {', '.join(DEFAULT_MODULES)})",
     )
     parser.add_argument(
+        "--language_field", default="language", help="example field holding the language code"
+    )
+    parser.add_argument(
         "--gin_binding",
         action="append",
         default=[],
@@ -37,21 +46,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@errors.command("fiat-t5x check-vocab")
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     for module in args.module or DEFAULT_MODULES:
-        importlib.import_module(module)
+        errors.import_module(module, "--module")
     if args.gin_binding:
-        import gin
+        from fiat_t5x.training import gin_cli
 
-        gin.parse_config(args.gin_binding)
+        gin_cli.parse_bindings(args.gin_binding, flag="--gin_binding")
 
     from fiat_t5x.data import vocab_coverage
     from fiat_t5x.data.metrics import breakdown
+    from fiat_t5x.training.data import get_task_or_fail
 
+    try:
+        task = get_task_or_fail(args.task)
+    except ValueError as e:
+        raise errors.UsageError(f"--task: {e}".replace("MIXTURE_OR_TASK_NAME=", "")) from None
+    leaves = getattr(task, "tasks", [task])
+    if not any(args.split in leaf.splits for leaf in leaves):
+        splits = sorted({s for leaf in leaves for s in leaf.splits})
+        raise errors.UsageError(f"--split {args.split}: {args.task} has the splits {splits}")
     vocabulary = vocab_coverage.load_vocabulary(args.vocab)
     coverage = vocab_coverage.measure_coverage(
-        vocabulary, vocab_coverage.task_examples(args.task, args.split, args.max_examples)
+        vocabulary,
+        vocab_coverage.task_examples(args.task, args.split, args.max_examples),
+        language_field=args.language_field,
     )
     if not coverage:
         print(f"{args.task}/{args.split}: no examples")

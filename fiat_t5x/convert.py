@@ -24,26 +24,17 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 from typing import Any
 
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+from fiat_t5x import errors
+from fiat_t5x.errors import UsageError
 
 
 def _parse_gin(files: list[str], bindings: list[str]) -> None:
-    import gin
+    from fiat_t5x.training import gin_cli
 
-    gin.clear_config()
-    for path in (REPO_GIN_DIR, os.getcwd()):
-        gin.add_config_file_search_path(path)
-    located = []
-    for file in files:
-        candidates = [file, os.path.join(REPO_GIN_DIR, file)]
-        found = next((c for c in candidates if os.path.isfile(c)), None)
-        if found is None:
-            raise SystemExit(f"gin file {file!r} not found here or in {REPO_GIN_DIR}")
-        located.append(found)
-    gin.parse_config_files_and_bindings(located, bindings, finalize_config=False)
+    flags = [f"--gin_bindings {b!r}" for b in bindings]
+    gin_cli.parse_gin(gin_cli.GinArgs(gin_files=files, bindings=bindings, binding_flags=flags))
 
 
 def _gin_instance(cls: type) -> Any:
@@ -60,7 +51,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE")
+            raise UsageError(f"--set {pair!r}: expected FIELD=VALUE")
         try:
             out[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -85,8 +76,7 @@ def _model_config(args: argparse.Namespace, params: dict, checkpoint_dir: str | 
         if any(p.endswith("/lora_a") for p in _flat_paths(params)):
             lora = _gin_instance(LoraConfig)
     elif args.config:
-        with open(args.config) as f:
-            config = T5Config(**{**json.load(f), **overrides})
+        config = _config_json(args.config, overrides)
     else:
         saved = read_config_json(checkpoint_dir) if checkpoint_dir else None
         config = (
@@ -99,6 +89,24 @@ def _model_config(args: argparse.Namespace, params: dict, checkpoint_dir: str | 
     else:
         _check_base(params, config, checkpoint_dir)
     return config, lora
+
+
+def _config_json(path: str, overrides: dict[str, Any]):
+    """T5Config from a JSON file of its fields (plus --set overrides)."""
+    from fiat_t5x.models.config import T5Config
+
+    with open(path, encoding="utf-8") as f:
+        try:
+            fields = json.load(f)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--config {path}: not JSON ({e})") from e
+    names = {field.name for field in dataclasses.fields(T5Config)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise UsageError(
+            f"--config {path}: unknown T5Config fields {unknown}{errors.closest(unknown[0], names)}"
+        )
+    return T5Config(**{**fields, **overrides})
 
 
 def _check_base(params: dict, config: Any, source: str | None) -> None:
@@ -123,7 +131,7 @@ def _lora_from_flags(args: argparse.Namespace, params: dict):
 
     adapted = sorted(p[: -len("/lora_a")] for p in _flat(params) if p.endswith("/lora_a"))
     if not adapted:
-        raise SystemExit("the checkpoint holds no LoRA leaves (…/lora_a)")
+        raise UsageError("the checkpoint holds no LoRA leaves (…/lora_a)")
     rank = _flat(params)[f"{adapted[0]}/lora_a"].shape[1]
     return LoraConfig(
         rank=rank,
@@ -238,7 +246,7 @@ def _load_run(args: argparse.Namespace) -> tuple[dict, Any, Any]:
     from fiat_t5x.training.trained_run import FROM_CONFIG, load_trained_run
 
     if args.config or args.set or getattr(args, "lora_alpha", None) is not None:
-        raise SystemExit(
+        raise UsageError(
             "--config, --set and --lora_alpha do not apply with --model_dir: the model and its "
             "LoRA come from the run's gin config; change them with --gin_bindings"
         )
@@ -284,14 +292,14 @@ def _export_peft(args: argparse.Namespace) -> str:
     if args.model_dir:
         params, config, lora = _load_run(args)
         if lora is None:
-            raise SystemExit(
+            raise UsageError(
                 f"{args.model_dir} trained without LoRA (its gin MODEL has lora=None): there is "
                 "no adapter to export; use `convert t5x-to-hf --model_dir` for the full model"
             )
     else:
         params, config, lora = _load_t5x(args.checkpoint, args)
     if lora is None:
-        raise SystemExit("export-peft needs the LoRA config: --gin_file gin/peft/lora.gin or --lora_alpha")  # fmt: skip
+        raise UsageError("export-peft needs the LoRA config: --gin_file gin/peft/lora.gin or --lora_alpha")  # fmt: skip
     return save_peft_adapter(
         params, config, lora, args.output, base_model_name_or_path=args.base_model,
         overwrite=args.overwrite,
@@ -320,6 +328,7 @@ _COMMANDS = {
 }
 
 
+@errors.command("fiat-t5x convert")
 def main(argv: list[str]) -> int:
     from fiat_t5x.models.checkpoints import CheckpointError
 
@@ -327,7 +336,6 @@ def main(argv: list[str]) -> int:
     try:
         output = _COMMANDS[args.command](args)
     except CheckpointError as e:
-        print(f"fiat-t5x convert {args.command}: {e}", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.command}: {e}") from e
     print(f"wrote {output}")
     return 0

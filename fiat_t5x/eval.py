@@ -1,8 +1,10 @@
 """`python -m fiat_t5x.eval --gin_file=<model>.gin --gin_file=runs/eval.gin --gin.MODEL_DIR=...`
 
 Evaluates the newest checkpoint in MODEL_DIR (over the INITIAL_CHECKPOINT_PATH base) on a task
-split: teacher-forced loss/accuracy and the task's SeqIO metrics. Prints the metrics as JSON and
-appends them to MODEL_DIR/metrics.jsonl.
+split, on the mesh of `partitioning.Partitioner` (as in training): teacher-forced loss/accuracy
+and the task's SeqIO metrics, from seeded datasets, so the same checkpoint always gets the same
+numbers. Prints the metrics as JSON and appends them to MODEL_DIR/metrics.jsonl as a row of
+writer `eval_command` (with the split), which sweep reports keep apart from the trainer's eval.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
 from fiat_t5x.training.evaluation import Evaluation
-from fiat_t5x.training.metrics_writer import MetricsWriter
+from fiat_t5x.training.metrics_writer import EVAL_COMMAND_WRITER, append_row
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.restore import trained_params
 from fiat_t5x.training.trainer import inference_trainer
@@ -54,9 +56,12 @@ def evaluate(
         data_lib.check_feature_lengths(task, eval_dataset_cfg.task_feature_lengths)
     except ValueError as e:
         raise gin_cli.UsageError(str(e)) from None
-    params, step = trained_params(model, model_dir, initial_checkpoint_path, seed=random_seed)
     trainer = inference_trainer(model, partitioner)
-    state, frozen = trainer.create_state(params)
+    params, step = trained_params(
+        model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=trainer.partitioner
+    )
+    # Placed on the mesh once: every parameter is "trainable" for the zero-update trainer.
+    state, frozen = trainer.state_from(params), {}
     evaluation = Evaluation(
         trainer,
         eval_dataset_cfg.mixture_or_task_name,
@@ -69,12 +74,13 @@ def evaluate(
         decode_method=decode_method,
         num_beams=num_beams,
         feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
+        seed=eval_dataset_cfg.seed,
     )
-    results = evaluation(state.replace(step=state.step + step), frozen)
+    results = evaluation(state, frozen, step=step)
     if jax.process_index() == 0:
-        writer = MetricsWriter(model_dir)
-        writer.write(step, results)
-        writer.close()
+        # Marked as this command's rows: reports read the trainer's own evaluation, never these.
+        values = {"eval_split": eval_dataset_cfg.split, **results}
+        append_row(model_dir, step, values, EVAL_COMMAND_WRITER)
     return results
 
 
@@ -87,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         module = importlib.import_module("fiat_t5x.eval")
+        gin_cli.require_run_dir()
         gin_cli.configured(distributed.initialize)()
         results = gin_cli.configured(module.evaluate)()
         print(json.dumps(results, indent=2, sort_keys=True))

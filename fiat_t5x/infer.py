@@ -1,7 +1,8 @@
 """`python -m fiat_t5x.infer --gin_file=<model>.gin --gin_file=runs/infer.gin --gin.MODEL_DIR=...`
 
-Decodes a task split (or every task of a mixture) with the newest checkpoint of MODEL_DIR and
-writes JSON lines `{"task", "index", "inputs", "targets", "prediction", ...}` to
+Decodes a task split (or every task of a mixture) with the newest checkpoint of MODEL_DIR, on
+the mesh of `partitioning.Partitioner` through the one decode path (`BatchDecoder`), from a
+seeded dataset (the same predictions on every run), and writes JSON lines `{"task", "index", "inputs", "targets", "prediction", ...}` to
 INFER_OUTPUT (default MODEL_DIR/inference/<task>-<split>.jsonl). Extra string fields of the
 examples (e.g. `id`, `language`) are copied through.
 """
@@ -18,15 +19,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import seqio
 
+from fiat_t5x.models.batch_decoder import BatchDecoder
+from fiat_t5x.models.decoding import until_eos
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli
-from fiat_t5x.training.evaluation import to_host, trim_after_eos
-from fiat_t5x.training.optimizers import merge_params
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.restore import trained_params
-from fiat_t5x.training.trainer import inference_trainer
 
 REQUIRED_MACROS = (
     "MODEL_DIR",
@@ -34,13 +33,6 @@ REQUIRED_MACROS = (
     "TASK_FEATURE_LENGTHS",
     "INITIAL_CHECKPOINT_PATH",
 )
-
-
-def _leaf_tasks(name: str) -> list[seqio.Task]:
-    task_or_mixture = data_lib.get_task_or_fail(name)
-    if isinstance(task_or_mixture, seqio.Mixture):
-        return list(task_or_mixture.tasks)
-    return [task_or_mixture]
 
 
 def _text(value: Any) -> Any:
@@ -72,47 +64,51 @@ def infer(
     `random_seed` must be the training run's RANDOM_SEED when it started from a random init.
     """
     try:
-        tasks = _leaf_tasks(mixture_or_task_name)
+        tasks = data_lib.leaf_tasks(mixture_or_task_name)
     except ValueError as e:
         raise gin_cli.UsageError(str(e)) from None
-    params, step = trained_params(model, model_dir, initial_checkpoint_path, seed=random_seed)
-    trainer = inference_trainer(model, partitioner)
-    state, frozen = trainer.create_state(params)
-    full = merge_params(state.params, frozen)
+    partitioner = partitioner or Partitioner()
+    params, step = trained_params(
+        model, model_dir, initial_checkpoint_path, seed=random_seed, partitioner=partitioner
+    )
+    decoder = BatchDecoder(
+        model,
+        params,
+        partitioner=partitioner,
+        batch_size=batch_size,
+        max_decode_length=task_feature_lengths["targets"],
+        method=decode_method,
+        num_beams=num_beams,
+    )
     output_dir = output_dir or os.path.join(model_dir, "inference")
     paths = []
     for task in tasks:
         vocab = task.output_features["targets"].vocabulary
-        ds = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1)
+        ds = task.get_dataset(
+            dict(task_feature_lengths),
+            split=split,
+            shuffle=False,
+            num_epochs=1,
+            seed=data_lib.EVAL_SEED,
+        )
         if num_examples:
             ds = ds.take(num_examples)
         path = os.path.join(output_dir, f"{task.name}-{split}.jsonl")
-        records = []
         examples = list(ds.as_numpy_iterator())
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            enc = np.zeros((batch_size, task_feature_lengths["inputs"]), np.int32)
-            for row, ex in enumerate(chunk):
-                enc[row, : len(ex["inputs"])] = ex["inputs"]
-            batch = trainer.partitioner.replicated_batch_to_global({"encoder_input_tokens": enc})
-            tokens = to_host(
-                model.predict_batch(
-                    full,
-                    batch,
-                    max_decode_length=task_feature_lengths["targets"],
-                    method=decode_method,
-                    num_beams=num_beams,
-                )
-            )
-            for row, ex in enumerate(chunk):
-                record = {"task": task.name, "index": start + row, "step": step}
-                for key, value in ex.items():
-                    if key in ("inputs", "targets"):
-                        record[key] = vocab.decode([int(t) for t in value])
-                    elif isinstance(_text(value), (str, int, float)):
-                        record.setdefault(key, _text(value))
-                record["prediction"] = vocab.decode(trim_after_eos(tokens[row]))
-                records.append(record)
+        encoder_tokens = np.zeros((len(examples), task_feature_lengths["inputs"]), np.int32)
+        for row, ex in enumerate(examples):
+            encoder_tokens[row, : len(ex["inputs"])] = ex["inputs"]
+        tokens = decoder.decode(encoder_tokens)
+        records = []
+        for row, ex in enumerate(examples):
+            record = {"task": task.name, "index": row, "step": step}
+            for key, value in ex.items():
+                if key in ("inputs", "targets"):
+                    record[key] = vocab.decode([int(t) for t in value])
+                elif isinstance(_text(value), (str, int, float)):
+                    record.setdefault(key, _text(value))
+            record["prediction"] = vocab.decode(until_eos(tokens[row])[0])
+            records.append(record)
         if jax.process_index() == 0:
             os.makedirs(output_dir, exist_ok=True)
             with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -133,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         module = importlib.import_module("fiat_t5x.infer")
+        gin_cli.require_run_dir()
         gin_cli.configured(distributed.initialize)()
         for path in gin_cli.configured(module.infer)():
             print(path)

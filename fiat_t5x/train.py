@@ -2,7 +2,10 @@
 
 Fine-tunes a model (LoRA by default) on a SeqIO task or mixture, with periodic evaluation,
 orbax checkpoints and exact resumption: run the same command again and it continues from the
-newest intact checkpoint in MODEL_DIR. SIGTERM saves a checkpoint and exits with status 0.
+newest intact checkpoint in MODEL_DIR (a damaged one is moved aside and its step trained and
+saved again; checkpoints of another configuration stop the run with the differences named).
+SIGTERM saves a checkpoint and exits with status 0. TRAIN_STEPS counts this run's steps from 0,
+unlike T5X, which counts from INITIAL_CHECKPOINT_PATH's step.
 """
 
 from __future__ import annotations
@@ -11,23 +14,33 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
+from fiat_t5x.data import vocab_coverage
 from fiat_t5x.training import data as data_lib
-from fiat_t5x.training import distributed, gin_cli
+from fiat_t5x.training import distributed, gin_cli, truncation
 from fiat_t5x.training import optimizers as optimizers_lib
-from fiat_t5x.training.checkpointing import CheckpointManager, PreemptionWatcher
+from fiat_t5x.training.checkpointing import (
+    CheckpointManager,
+    CheckpointMismatch,
+    PreemptionWatcher,
+)
 from fiat_t5x.training.evaluation import Evaluation
-from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.metrics_writer import MetricsWriter
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import LoopHooks, Trainer, train_loop
+
+# A start-up check: (MODEL_DIR, the dataset configs the run reads) -> None, raising to refuse.
+# A start check raises on a bad run, and may return what to record once the run starts.
+StartCheck = Callable[[str, Sequence[data_lib.DatasetConfig]], Callable[[], None] | None]
 
 REQUIRED_MACROS = (
     "MODEL_DIR",
@@ -61,6 +74,88 @@ def check_task(config: data_lib.DatasetConfig) -> None:
         raise gin_cli.UsageError(str(e)) from None
 
 
+def initial_checkpoint_step(path: str | None) -> int | None:
+    """The step in a T5X-style checkpoint path (`.../checkpoint_1184000`), else None."""
+    if not path:
+        return None
+    match = re.fullmatch(r"checkpoint_(\d+)", os.path.basename(os.path.normpath(str(path))))
+    return int(match.group(1)) if match else None
+
+
+def explain_train_steps(train_steps: int, initial_checkpoint_path: str | None) -> None:
+    """A start-up line when the base has a step: TRAIN_STEPS counts this run's steps from 0,
+    where T5X counts from the checkpoint's step (docs/training.md explains why)."""
+    base_step = initial_checkpoint_step(initial_checkpoint_path)
+    if not base_step:
+        return
+    logging.warning(
+        "TRAIN_STEPS=%d counts from step 0 of this run, not from the step of "
+        "INITIAL_CHECKPOINT_PATH (%d) as in T5X: this run trains %d steps (T5X would need "
+        "TRAIN_STEPS=%d for that)",
+        train_steps,
+        base_step,
+        train_steps,
+        base_step + train_steps,
+    )
+    if train_steps > base_step:
+        logging.warning(
+            "TRAIN_STEPS=%d is more than INITIAL_CHECKPOINT_PATH's own step %d: if it was "
+            "written the T5X way (the base's step plus the fine-tuning steps), this run would "
+            "train %d steps; set TRAIN_STEPS=%d for %d fine-tuning steps",
+            train_steps,
+            base_step,
+            train_steps,
+            train_steps - base_step,
+            train_steps - base_step,
+        )
+
+
+def expected_checkpoint_tree(model: Any, trainer: Trainer) -> dict[str, Any]:
+    """The abstract tree this run's checkpoints hold (`TrainState.as_dict()` of ShapeDtypeStructs),
+    computed from shapes alone, so a checkpoint of another configuration is caught before any
+    weight is read."""
+    shapes = optimizers_lib.flatten_params(model.param_shapes())
+    trainable = optimizers_lib.unflatten_params(
+        {path: s for path, s in shapes.items() if trainer.selector.is_trainable(path)}
+    )
+    return jax.eval_shape(lambda t: TrainState.create(t, trainer.optimizer), trainable).as_dict()
+
+
+def _exists_on_process_0(model_dir: str) -> bool:
+    """Whether MODEL_DIR exists, as process 0 sees it, so that every host takes the same path
+    (a collective: no process writes before all have looked)."""
+    exists = os.path.isdir(model_dir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    return exists
+
+
+def make_trainer(
+    *,
+    model: Any,
+    partitioner: Partitioner | None,
+    optimizer: Callable[..., optax.GradientTransformation],
+    learning_rate: optimizers_lib.Schedule | None,
+    trainable: optimizers_lib.TrainableSelector | None,
+    num_microbatches: int,
+    random_seed: int,
+) -> Trainer:
+    """The Trainer of a `train` call (shared with `fiat-t5x preflight`, which compiles its
+    step ahead of time): unset arguments get train's defaults."""
+    learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
+    return Trainer(
+        model,
+        partitioner or Partitioner(),
+        optimizer(learning_rate),
+        learning_rate,
+        trainable or optimizers_lib.TrainableSelector(),
+        num_microbatches=num_microbatches,
+        dropout_seed=random_seed,
+    )
+
+
 def train(
     *,
     model: Any,
@@ -82,32 +177,71 @@ def train(
     keep_checkpoints: int | None = 3,
     log_period: int = 10,
     peak_flops_per_device: float | None = None,
+    start_checks: Sequence[StartCheck] = (),
+    start_over_on_mismatch: bool = False,
+    data_check_examples: int = 2000,
 ) -> TrainResult:
-    """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible)."""
+    """Train `model` for `train_steps` steps in total (resuming from MODEL_DIR if possible).
+
+    `train_steps` counts this run's steps from 0 (resumes continue up to it), whatever the step
+    of `initial_checkpoint_path`. When MODEL_DIR holds checkpoints of another configuration,
+    training stops with a message naming the differences, unless `start_over_on_mismatch`
+    (then they are moved aside and training starts from step 0). Up to `data_check_examples`
+    training examples are checked at start-up for inputs/targets longer than
+    TASK_FEATURE_LENGTHS and (200 of them) for text the vocabulary cannot represent (0: no check).
+
+    `start_checks` run before anything is trained, each as `check(model_dir, datasets_read)`
+    (e.g. `rationales.run_checks.RationaleChecks`: the rationale store); what they return is
+    called once the run is known to start (e.g. recording the store in MODEL_DIR).
+    """
     check_task(train_dataset_cfg)
     if eval_dataset_cfg is not None:
         check_task(eval_dataset_cfg)
     model_dir = os.path.abspath(model_dir)
-    gin_cli.write_config(model_dir)
-    learning_rate = learning_rate or optimizers_lib.constant_schedule(1e-3)
-    partitioner = partitioner or Partitioner()
-    trainer = Trainer(
-        model,
-        partitioner,
-        optimizer(learning_rate),
-        learning_rate,
-        trainable or optimizers_lib.TrainableSelector(),
+    trainer = make_trainer(
+        model=model,
+        partitioner=partitioner,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        trainable=trainable,
         num_microbatches=num_microbatches,
-        dropout_seed=random_seed,
+        random_seed=random_seed,
     )
-    state, frozen = trainer.create_state(
-        initial_params(model, initial_checkpoint_path, random_seed)
-    )
-    checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+    partitioner = trainer.partitioner
+    # Nothing is written to MODEL_DIR until the base, the data and the evaluation are known
+    # to be good: a run that fails to start leaves no config.gin behind, and config.gin keeps
+    # describing MODEL_DIR's checkpoints when a run of another configuration is turned away.
+    checkpoints = None
+    if _exists_on_process_0(model_dir):  # a restart: its checkpoints must fit this run
+        checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+        try:
+            checkpoints.check_fits(
+                expected_checkpoint_tree(model, trainer),
+                start_over_on_mismatch=start_over_on_mismatch,
+            )
+        except CheckpointMismatch as e:
+            raise gin_cli.UsageError(str(e)) from None
+    evaluates = eval_dataset_cfg is not None and eval_period
+    datasets_read = [train_dataset_cfg, *([eval_dataset_cfg] if evaluates else [])]
+    records = [check(model_dir, datasets_read) for check in start_checks]
+    explain_train_steps(train_steps, initial_checkpoint_path)
+    if data_check_examples:
+        name, split = train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.split
+        truncation.warn_if_truncated(
+            name, train_dataset_cfg.task_feature_lengths, split, max_examples=data_check_examples
+        )
+        vocab_coverage.warn_if_poorly_covered(
+            name, split, max_examples=min(data_check_examples, 200)
+        )
+    state, frozen = trainer.initial_state(initial_checkpoint_path, random_seed)
     position = 0
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-        state, position = restored
+    if checkpoints is not None:  # resume from the newest intact checkpoint
+        try:
+            restored = checkpoints.restore_latest(state)
+        except CheckpointMismatch as e:
+            raise gin_cli.UsageError(str(e)) from None
+        if restored is not None:
+            state, position = restored
     start_step = int(jax.device_get(state.step))
     logging.info(
         "training %s from step %d to %d on mesh %s",
@@ -129,11 +263,19 @@ def train(
             num_examples=eval_num_examples,
             run_seqio=run_seqio_eval,
             feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
+            seed=eval_dataset_cfg.seed,
         )
+    gin_cli.write_config(model_dir)
+    for record in records:
+        if record is not None:
+            record()
+    if checkpoints is None:
+        checkpoints = CheckpointManager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
     writer = MetricsWriter(model_dir)
+    writer.start_run(start_step)
     watcher = PreemptionWatcher()
     hooks = LoopHooks(
-        save=lambda s, pos, force: checkpoints.save(s, pos, force),
+        save=lambda s, step, pos, force: checkpoints.save(s, pos, force, step=step),
         evaluate=evaluation,
         stop_requested=watcher.stop_requested,
         write_metrics=writer.write,

@@ -9,7 +9,9 @@
     (`--dry_run` on any of them prints the exact gcloud commands instead of running them)
 
 `up` = create (a TPU VM, or a queued resource that is waited for until ACTIVE) + setup (copy this
-checkout to every worker and `pip install -e` it, or `pip install` a released package).
+checkout to every worker and `pip install -e` it, or `pip install` a package: a pip spec, or a
+wheel file here, which is copied to the workers first). An installed package carries its gin
+files, so `--gin_file=gin/fiat/xor_attriqa.gin` resolves on the workers without a checkout.
 `run` runs the same command on every worker (`--worker=all`), each worker teeing its output to
 `~/fiat_logs/<run>.log` while gcloud streams it here; on a multi-host slice it exports
 `TPU_WORKER_HOSTNAMES` (read from `gcloud ... describe`), which is what
@@ -194,9 +196,16 @@ class TpuLauncher:
                 f"{c.python} -m pip install -q -e {c.remote_dir} {shlex.quote(c.jax_spec)}"
             )
         else:
-            install = (
-                f"{c.python} -m pip install -q {shlex.quote(c.package)} {shlex.quote(c.jax_spec)}"
-            )
+            package = c.package
+            if pathlib.Path(package).is_file():  # a wheel built here (`pip wheel .`): ship it
+                package = f"~/{pathlib.Path(package).name}"
+                self.gcloud(
+                    "compute", "tpus", "tpu-vm", "scp", c.package, f"{c.tpu_name}:{package}",
+                    "--worker=all", *c.location,
+                )  # fmt: skip
+            else:
+                package = shlex.quote(package)
+            install = f"{c.python} -m pip install -q {package} {shlex.quote(c.jax_spec)}"
         self.ssh_all(install)
 
     def delete(self) -> None:
@@ -286,7 +295,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--queued", action="store_true", default=None, help="queued resource")
     common.add_argument("--spot", action="store_true", default=None)
     common.add_argument("--install", choices=("copy", "pip"))
-    common.add_argument("--package", help="pip spec when --install=pip")
+    common.add_argument(
+        "--package", help="with --install=pip: a pip spec, or a local wheel (copied over)"
+    )
     common.add_argument("--remote_dir")
     common.add_argument("--python")
     common.add_argument("--gcloud", help="gcloud binary (default: gcloud on PATH)")

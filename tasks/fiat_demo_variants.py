@@ -25,6 +25,7 @@ import os
 import pathlib
 import re
 
+from fiat_t5x import gin_files
 from fiat_t5x.rationales.generate import Example, generate_rationales, identity_for
 from fiat_t5x.rationales.injection import (
     STORE_ENV,
@@ -39,7 +40,7 @@ from fiat_tasks import demo
 
 logger = logging.getLogger(__name__)
 
-GIN_FIAT_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin" / "fiat"
+GIN_FIAT_DIR = gin_files.gin_dir() / "fiat"  # the checkout's or the installed package's
 IBETA_FILE = GIN_FIAT_DIR / "ibeta" / "fiat_demo.yaml"
 ITAU_FILE = GIN_FIAT_DIR / "itau" / "fiat_demo.yaml"
 _QUESTION = re.compile(r"^Q: (.*)$", re.MULTILINE)

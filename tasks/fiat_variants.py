@@ -13,13 +13,12 @@ base task's name. The data directories are read when a dataset is built, as for 
 
 from __future__ import annotations
 
-import pathlib
-
+from fiat_t5x import gin_files
 from fiat_t5x.data import metrics
 from fiat_t5x.rationales.injection import FiatTasks, register_fiat_variants
 from fiat_tasks import xor_attriqa, xtreme_up_qa  # noqa: F401 - registers the base tasks
 
-ITAU_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin" / "fiat" / "itau"
+ITAU_DIR = gin_files.gin_dir() / "fiat" / "itau"  # the checkout's or the installed package's
 BASE_TASKS = {
     "xor_attriqa_all": ITAU_DIR / "xor_attriqa.yaml",
     "xtreme_up_qa_indic_all": ITAU_DIR / "xtreme_up_qa.yaml",

@@ -1,31 +1,36 @@
 """Registers the Flan variants of a base task as ordinary SeqIO tasks.
 
 From one `FlanTaskSpec` (a data source, the task's fields and its templates) the helper
-`register_flan_variants` registers:
+`register_flan_variants` registers `<task>_<variant>` for each supported variant:
 
-| name | prompt |
+| variant | prompt |
 |---|---|
-| `<task>_zsopt` | zero-shot template, answer options listed (a drawn `OptionsStyle`) |
-| `<task>_zsnoopt` | the same templates with `{options}` and the whitespace before it removed; target is the answer text |
-| `<task>_fsopt` | few-shot (k exemplars from the train split) with options |
-| `<task>_fsnoopt` | few-shot without options |
-| `<task>_cot_zs` | CoT template (reasoning, then "So the answer is X."), with options |
-| `<task>_cot_fs` | few-shot CoT, with options |
-| `<task>_inverted` | an input inversion (e.g. answer -> question), no options |
+| `zsopt` / `zsnoopt` | zero-shot direct answer, options listed in a drawn format / not added |
+| `fsopt` / `fsnoopt` | few-shot (same template), with / without options |
+| `fsopt_mix` / `fsnoopt_mix` | few-shot (5 exemplars, mixed templates), with / without options |
+| `cot_zs` | CoT template (reasoning, then a drawn final-answer sentence), options listed |
+| `cot_fs` / `cot_fs_mix` | few-shot CoT, same template / mixed templates, options listed |
+| `inverted` | an input inversion (e.g. answer -> question), zero-shot |
+| `inverted_fs` / `inverted_fs_mix` | few-shot input inversion, same / mixed templates |
 
-The CoT variants exist when the spec has CoT templates, `_inverted` when it has inversions.
+The CoT variants exist when the spec has CoT templates, the inverted ones when it has
+inversions; `spec.variants` narrows the set (the Flan CoT collection registers only CoT and
+inverted variants, as Flan does). "No options" never removes choices that are part of the
+question itself: `stem_fields` names the field shown instead of the question *only* when a
+drawn options block lists the choices.
 
 Pipeline of every variant: source -> the spec's deterministic preprocessors ->
-`seqio.CacheDatasetPlaceholder()` -> Flan formatting (seeded: template, options style,
-few-shot format, shots, exemplars) -> tokenize -> append EOS. Only the parsed fields are
-cached; everything that depends on the seed runs after the cache point, so a cached task
-still gets fresh formatting for a new seed.
+`seqio.CacheDatasetPlaceholder()` -> Flan formatting (`flan_render.format_dataset`: seeded
+choices, rendering, few-shot assembly, dropping few-shot examples left without an exemplar) ->
+tokenize -> append EOS. Only the parsed fields are cached; everything that depends on the seed
+runs after the cache point.
 
-Features added to every example: `inputs`, `targets` (rendered text before tokenization,
-kept as `*_pretokenized`), `task` (the variant's task name), `template_index`, `options_style` (-1: no options shown),
-`fewshot_format` and `num_shots` (-1 / 0 for zero-shot), `num_exemplars`, and for few-shot
-variants `exemplar_ids` ([max shots], the first `num_exemplars` were used). The declared fields
-pass through unchanged.
+Features added to every example: `inputs`, `targets` (kept as `*_pretokenized`), `task`,
+`format_seed` (the [2] seed its choices were drawn with), `template_index`, `options_format`
+(-1: no options shown), `answer_form` (-1: not CoT), `fewshot_kind` (0 zero-shot, 1 same
+template, 2 mixed), `delimiters`, `prefixes`, `separator` (-1 when unused), `num_shots` (the
+exemplars drawn: matches among the candidates, or 5), `num_exemplars` (kept after the length
+rule), and for few-shot variants `exemplar_ids` (the first `num_exemplars` were used).
 """
 
 from __future__ import annotations
@@ -35,36 +40,34 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
 from fiat_t5x.data import cot as cot_lib
 from fiat_t5x.data.few_shot import (
+    MIXED_TEMPLATES,
+    SAME_TEMPLATE,
     ExemplarPool,
     FewShotConfig,
-    assemble_prompt_tf,
-    choose_exemplars,
+    dataset_rows,
 )
+from fiat_t5x.data.flan_render import Rendered, VariantFormatting, format_dataset, render_rows
 from fiat_t5x.data.inversion import Inversion, flatten_inversions, validate_inversions
 from fiat_t5x.data.options import (
-    DEFAULT_OPTIONS_STYLES,
+    FLAN_OPTIONS_SPACE,
     OPTIONS_PLACEHOLDER,
-    OptionsStyle,
-    render_options_tf,
+    OptionsSpace,
     with_options_placeholder,
-    without_options,
 )
-from fiat_t5x.data.templates import (
-    Template,
-    TemplateError,
-    render_tf,
-    stable_choice,
-    validate_templates,
-)
+from fiat_t5x.data.templates import Template, TemplateError, validate_templates
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("zsopt", "zsnoopt", "fsopt", "fsnoopt", "cot_zs", "cot_fs", "inverted")
+DIRECT_VARIANTS = ("zsopt", "zsnoopt", "fsopt", "fsnoopt", "fsopt_mix", "fsnoopt_mix")
+COT_VARIANTS = ("cot_zs", "cot_fs", "cot_fs_mix")
+INVERTED_VARIANTS = ("inverted", "inverted_fs", "inverted_fs_mix")
+VARIANTS = DIRECT_VARIANTS + COT_VARIANTS + INVERTED_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +79,20 @@ class FlanTaskSpec:
       source: a SeqIO data source with the `train` split (exemplars) and any others.
       fields: the scalar text fields templates may name (besides `{options}`).
       templates: zero-shot templates answering directly (targets usually "{answer}").
-      cot_templates: CoT templates; targets end with "So the answer is {answer}.".
-      inversions: input inversions for the `_inverted` variant.
+      cot_templates: CoT templates; targets end with `{answer_sentence}` (a drawn final-answer
+        form, `cot.COT_TARGET`) or with their own final-answer sentence.
+      inversions: input inversions for the inverted variants.
       id_field: a unique, stable id per example (seeds every per-example choice).
-      answer_field: the field replaced by an option label in lettered options styles.
+      answer_field: the field replaced by an option label when the options format labels items.
       options_field: a list-of-strings field holding the answer options (None: no options).
+      stem_fields: field -> the field shown instead when an options block lists the choices,
+        e.g. {"question": "stem"}: the question without its own list (the block lists them).
       preprocessors: deterministic preprocessors run before the cache point (parsing, renaming).
-      options_styles / few_shot: the formatting alternatives drawn per example.
+      options_space / few_shot: the formatting alternatives drawn per example.
       exemplar_split: where few-shot exemplars come from.
-      postprocess_fn / metric_fns: for the direct-answer variants; CoT variants postprocess with
-        `cot.postprocess_cot` (the extracted final answer) and share `metric_fns`.
+      variants: the variants to register (None: every variant the templates support).
+      postprocess_fn / metric_fns: of every variant; CoT variants first extract and normalise
+        the final answer (`cot.postprocess_cot`), then apply `postprocess_fn` to it.
     """
 
     name: str
@@ -97,33 +104,48 @@ class FlanTaskSpec:
     id_field: str = "id"
     answer_field: str = "answer"
     options_field: str | None = "options"
+    stem_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
     preprocessors: tuple[Callable, ...] = ()
-    options_styles: tuple[OptionsStyle, ...] = DEFAULT_OPTIONS_STYLES
+    options_space: OptionsSpace = FLAN_OPTIONS_SPACE
     few_shot: FewShotConfig = FewShotConfig()
     exemplar_split: str = "train"
+    variants: tuple[str, ...] | None = None
     postprocess_fn: Callable | None = None
     metric_fns: tuple[Callable, ...] = ()
 
     def validate(self) -> None:
         """Raises TemplateError naming the template and field on any mismatch."""
         fields = set(self.fields)
-        for required in (self.id_field, self.answer_field):
+        for required in (self.id_field, self.answer_field, *self.stem_fields.values()):
             if required not in fields:
                 raise TemplateError(
-                    f"task {self.name!r}: {required!r} (id/answer field) is not among the "
+                    f"task {self.name!r}: {required!r} (id/answer/stem field) is not among the "
                     f"declared fields {sorted(fields)}"
                 )
-        if OPTIONS_PLACEHOLDER in fields:
+        for field in self.stem_fields:
+            if field not in fields:
+                raise TemplateError(f"task {self.name!r}: stem_fields names unknown {field!r}")
+        reserved = {OPTIONS_PLACEHOLDER, cot_lib.ANSWER_SENTENCE_FIELD} & fields
+        if reserved:
             raise TemplateError(
-                f"task {self.name!r}: field name {OPTIONS_PLACEHOLDER!r} is reserved for the "
-                "rendered options block; name the list field something else in `fields`"
+                f"task {self.name!r}: field name(s) {sorted(reserved)} are reserved for the "
+                "rendered options block and the final-answer sentence; rename them in `fields`"
             )
         allowed = fields | {OPTIONS_PLACEHOLDER}
-        validate_templates(self.templates, allowed, task=self.name, kind="zero-shot")
+        if self.templates:
+            validate_templates(self.templates, allowed, task=self.name, kind="zero-shot")
         if self.cot_templates:
-            validate_templates(self.cot_templates, allowed, task=self.name, kind="cot")
-            cot_lib.check_cot_templates(list(self.cot_templates), self.answer_field)
+            cot_allowed = allowed | {cot_lib.ANSWER_SENTENCE_FIELD}
+            validate_templates(self.cot_templates, cot_allowed, task=self.name, kind="cot")
+            cot_lib.check_cot_templates(self.cot_templates, self.answer_field)
         validate_inversions(self.inversions, fields, task=self.name)
+        supported = variant_formatting(self)
+        for variant in self.variants or ():
+            if variant not in supported:
+                raise ValueError(
+                    f"task {self.name!r}: variant {variant!r} is not available (known: "
+                    f"{', '.join(VARIANTS)}; this spec supports {', '.join(supported)})"
+                )
         if self.exemplar_split not in self.source.splits:
             raise ValueError(
                 f"task {self.name!r}: exemplar split {self.exemplar_split!r} is not a split of "
@@ -131,145 +153,119 @@ class FlanTaskSpec:
             )
 
 
+# suffix -> (template group, options listed, few-shot kind)
+_SHAPES: Mapping[str, tuple[str, bool, str | None]] = {
+    "zsopt": ("direct", True, None),
+    "zsnoopt": ("direct", False, None),
+    "fsopt": ("direct", True, SAME_TEMPLATE),
+    "fsnoopt": ("direct", False, SAME_TEMPLATE),
+    "fsopt_mix": ("direct", True, MIXED_TEMPLATES),
+    "fsnoopt_mix": ("direct", False, MIXED_TEMPLATES),
+    "cot_zs": ("cot", True, None),
+    "cot_fs": ("cot", True, SAME_TEMPLATE),
+    "cot_fs_mix": ("cot", True, MIXED_TEMPLATES),
+    "inverted": ("inverted", False, None),
+    "inverted_fs": ("inverted", False, SAME_TEMPLATE),
+    "inverted_fs_mix": ("inverted", False, MIXED_TEMPLATES),
+}
+
+
+def variant_formatting(spec: FlanTaskSpec) -> dict[str, VariantFormatting]:
+    """variant suffix -> what it renders, for every variant this spec's templates support."""
+    groups = {
+        "direct": tuple(with_options_placeholder(t) for t in spec.templates),
+        "cot": tuple(with_options_placeholder(t) for t in spec.cot_templates),
+        "inverted": tuple(t for _, t in flatten_inversions(spec.inversions)),
+    }
+    return {
+        suffix: VariantFormatting(
+            suffix, groups[group], use_options=options, cot=group == "cot", few_shot=kind
+        )
+        for suffix, (group, options, kind) in _SHAPES.items()
+        if groups[group]
+    }
+
+
+def selected_formatting(spec: FlanTaskSpec) -> dict[str, VariantFormatting]:
+    """The variants `register_flan_variants` registers (all supported, or `spec.variants`)."""
+    supported = variant_formatting(spec)
+    if spec.variants is None:
+        return supported
+    return {v: supported[v] for v in spec.variants}
+
+
+def load_split_rows(spec: FlanTaskSpec, split: str) -> list[dict]:
+    """A split after the spec's preprocessors, as plain dicts, in source order."""
+    return dataset_rows(_preprocessed(spec, split))
+
+
+def _preprocessed(spec: FlanTaskSpec, split: str) -> tf.data.Dataset:
+    ds = spec.source.get_dataset(split=split, shuffle=False)
+    for preprocessor in spec.preprocessors:
+        ds = preprocessor(ds)
+    return ds
+
+
 @dataclasses.dataclass(frozen=True)
-class _Formatting:
-    """What one variant renders: `templates` (with `{options}`) and their no-options forms."""
+class RegisteredVariant:
+    """What a registered variant task renders (for the plain-Python renderer and reports)."""
 
-    templates: tuple[Template, ...]
-    use_options: bool
-    few_shot: bool
+    spec: FlanTaskSpec
+    suffix: str
+    formatting: VariantFormatting
+    pool: ExemplarPool
+    vocabulary: seqio.Vocabulary
+    add_eos: bool
 
-    @property
-    def noopt_templates(self) -> tuple[Template, ...]:
-        return tuple(without_options(t) for t in self.templates)
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the task's vocabulary (UTF-8 bytes for ByteVocabulary)."""
+        if isinstance(self.vocabulary, seqio.ByteVocabulary):
+            return len(text.encode("utf-8"))
+        return len(self.vocabulary.encode(text))
 
-
-def _budget(sequence_length: Mapping[str, int] | None, output_features) -> int | None:
-    if not sequence_length or sequence_length.get("inputs") is None:
-        return None
-    feature = output_features["inputs"]
-    return int(sequence_length["inputs"]) - (1 if feature.add_eos else 0)
-
-
-def _token_counter(output_features) -> Callable[[tf.Tensor], tf.Tensor]:
-    vocabulary = output_features["inputs"].vocabulary
-
-    def count(texts: Sequence[tf.Tensor]) -> tf.Tensor:
-        # One encode per candidate: not every vocabulary's encode_tf takes a batch of strings.
-        return tf.stack([tf.size(vocabulary.encode_tf(text), out_type=tf.int32) for text in texts])
-
-    return count
-
-
-def flan_format(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int] | None,
-    output_features: Mapping[str, seqio.Feature],
-    *,
-    spec: FlanTaskSpec,
-    formatting: _Formatting,
-    pool: ExemplarPool | None,
-    task_name: str = "",
-) -> tf.data.Dataset:
-    """The seeded Flan formatting step (runs after the cache point)."""
-    styles = spec.options_styles
-    fs = spec.few_shot
-    budget = _budget(sequence_length, output_features) if formatting.few_shot else None
-    count_tokens = _token_counter(output_features) if budget is not None else None
-    pool_tensors = pool.tensors() if formatting.few_shot else None
-    if pool_tensors is not None and pool.size() <= fs.max_shots:
-        raise ValueError(
-            f"task {spec.name!r}: the {spec.exemplar_split!r} split has {pool.size()} examples, "
-            f"too few for {fs.max_shots} shots that exclude the example itself"
+    def render(
+        self,
+        rows: Sequence[Mapping[str, object]],
+        seeds: np.ndarray,
+        inputs_length: int | None = None,
+    ) -> list[Rendered]:
+        """Plain-Python rendering of `rows` (see `flan_render.render_rows`)."""
+        budget = None if inputs_length is None else inputs_length - (1 if self.add_eos else 0)
+        few_shot = self.formatting.few_shot is not None
+        return render_rows(
+            self.spec,
+            self.formatting,
+            rows,
+            seeds,
+            pool_rows=self.pool.rows() if few_shot else (),
+            count_tokens=self.count_tokens,
+            budget=budget if few_shot else None,
         )
 
-    def render(fields: Mapping[str, tf.Tensor], template_index, style_index):
-        scalars = {name: fields[name] for name in spec.fields}
-        plain = render_tf(formatting.noopt_templates, template_index, scalars)
-        if not (formatting.use_options and spec.options_field is not None):
-            return plain
-        options = fields[spec.options_field]
-        block, answer = render_options_tf(styles, style_index, options, fields[spec.answer_field])
-        inputs_fields = {**scalars, OPTIONS_PLACEHOLDER: block}
-        targets_fields = {**inputs_fields, spec.answer_field: answer}
-        listed = render_tf(formatting.templates, template_index, inputs_fields, targets_fields)
-        shown = tf.size(options) > 0
-        return tf.where(shown, listed[0], plain[0]), tf.where(shown, listed[1], plain[1])
 
-    @seqio.map_over_dataset(num_seeds=1)
-    def format_example(example, seed):
-        example_id = example[spec.id_field]
-        template_index = stable_choice(example_id, seed, "template", len(formatting.templates))
-        style_index = stable_choice(example_id, seed, "options", len(styles))
-        inputs, targets = render(example, template_index, style_index)
-        out = dict(example)
-        out["task"] = tf.constant(task_name)
-        out["template_index"] = template_index
-        if formatting.use_options and spec.options_field is not None:
-            shown = tf.size(example[spec.options_field]) > 0
-            out["options_style"] = tf.where(shown, style_index, -1)
-        else:
-            out["options_style"] = tf.constant(-1)
-        out["fewshot_format"] = tf.constant(-1)
-        out["num_shots"] = tf.constant(0)
-        out["num_exemplars"] = tf.constant(0)
-        if formatting.few_shot:
-            fmt_index = stable_choice(example_id, seed, "fewshot_format", len(fs.formats))
-            shots = tf.gather(
-                tf.constant(fs.num_shots, tf.int32),
-                stable_choice(example_id, seed, "num_shots", len(fs.num_shots)),
-            )
-            pool_ids = pool_tensors[spec.id_field]
-            start = stable_choice(example_id, seed, "exemplars", int(pool_ids.shape[0]))
-            chosen = choose_exemplars(pool_ids, example_id, start, fs.max_shots)
-            rendered = []
-            for j in range(fs.max_shots):
-                row = {name: tf.gather(pool_tensors[name], chosen[j]) for name in pool_tensors}
-                rendered.append(render(row, template_index, style_index))
-            inputs, used = assemble_prompt_tf(
-                rendered, inputs, fmt_index, fs.formats, shots, count_tokens, budget
-            )
-            out["fewshot_format"] = fmt_index
-            out["num_shots"] = shots
-            out["num_exemplars"] = used
-            out["exemplar_ids"] = tf.gather(pool_ids, chosen)
-        out["inputs"] = inputs
-        out["targets"] = targets
-        return out
-
-    return format_example(dataset)
+_REGISTERED: dict[str, RegisteredVariant] = {}
 
 
-def _make_pool(spec: FlanTaskSpec) -> ExemplarPool:
-    def load() -> tf.data.Dataset:
-        ds = spec.source.get_dataset(split=spec.exemplar_split, shuffle=False)
-        for preprocessor in spec.preprocessors:
-            ds = preprocessor(ds)
-        return ds
-
-    list_fields = (spec.options_field,) if spec.options_field else ()
-    return ExemplarPool(
-        load, id_field=spec.id_field, list_fields=list_fields, seed=spec.few_shot.pool_seed
-    )
+def registered_variant(task_name: str) -> RegisteredVariant | None:
+    """The Flan variant registered under `task_name` (None for other tasks)."""
+    return _REGISTERED.get(task_name)
 
 
-def variant_formatting(spec: FlanTaskSpec) -> dict[str, _Formatting]:
-    """variant suffix -> what it renders, for the variants this spec supports."""
-    direct = tuple(with_options_placeholder(t) for t in spec.templates)
-    out = {
-        "zsopt": _Formatting(direct, use_options=True, few_shot=False),
-        "zsnoopt": _Formatting(direct, use_options=False, few_shot=False),
-        "fsopt": _Formatting(direct, use_options=True, few_shot=True),
-        "fsnoopt": _Formatting(direct, use_options=False, few_shot=True),
-    }
-    if spec.cot_templates:
-        cot = tuple(with_options_placeholder(t) for t in spec.cot_templates)
-        out["cot_zs"] = _Formatting(cot, use_options=True, few_shot=False)
-        out["cot_fs"] = _Formatting(cot, use_options=True, few_shot=True)
-    if spec.inversions:
-        inverted = tuple(t for _, t in flatten_inversions(spec.inversions))
-        out["inverted"] = _Formatting(inverted, use_options=False, few_shot=False)
-    return out
+def few_shot_drops(
+    task_name: str, inputs_length: int, *, split: str = "train", seed: int = 0
+) -> tuple[int, int]:
+    """`(dropped, total)`: examples of a few-shot variant left with no exemplar that fits.
+
+    Rendered in plain Python with per-example seeds (seed, row); which examples drop depends on
+    the seed, their number very little.
+    """
+    variant = registered_variant(task_name)
+    if variant is None or variant.formatting.few_shot is None:
+        raise ValueError(f"{task_name!r} is not a registered few-shot Flan variant")
+    rows = load_split_rows(variant.spec, split)
+    seeds = np.stack([np.full(len(rows), seed), np.arange(len(rows))], axis=1)
+    rendered = variant.render(rows, seeds, inputs_length)
+    return sum(r.dropped for r in rendered), len(rendered)
 
 
 def register_flan_variants(
@@ -295,9 +291,15 @@ def register_flan_variants(
         "inputs": seqio.Feature(vocabulary, add_eos=add_eos),
         "targets": seqio.Feature(vocabulary, add_eos=add_eos),
     }
-    pool = _make_pool(spec)
+    list_fields = (spec.options_field,) if spec.options_field else ()
+    pool = ExemplarPool(
+        lambda: _preprocessed(spec, spec.exemplar_split),
+        id_field=spec.id_field,
+        list_fields=list_fields,
+        seed=spec.few_shot.pool_seed,
+    )
     names: dict[str, str] = {}
-    for suffix, formatting in variant_formatting(spec).items():
+    for suffix, formatting in selected_formatting(spec).items():
         name = f"{spec.name}_{suffix}"
         if name in seqio.TaskRegistry.names():
             if not overwrite:
@@ -305,7 +307,6 @@ def register_flan_variants(
                     f"task {name!r} is already registered; pass overwrite=True to replace it"
                 )
             seqio.TaskRegistry.remove(name)
-        is_cot = suffix.startswith("cot")
         seqio.TaskRegistry.add(
             name,
             source=spec.source,
@@ -313,7 +314,7 @@ def register_flan_variants(
                 *spec.preprocessors,
                 seqio.CacheDatasetPlaceholder(),
                 functools.partial(
-                    flan_format,
+                    format_dataset,
                     spec=spec,
                     formatting=formatting,
                     pool=pool if formatting.few_shot else None,
@@ -323,9 +324,14 @@ def register_flan_variants(
                 seqio.preprocessors.append_eos_after_trim,
             ],
             output_features=output_features,
-            postprocess_fn=cot_lib.postprocess_cot if is_cot else spec.postprocess_fn,
+            postprocess_fn=(
+                cot_lib.cot_postprocessor(spec.postprocess_fn)
+                if formatting.cot
+                else spec.postprocess_fn
+            ),
             metric_fns=list(spec.metric_fns),
         )
+        _REGISTERED[name] = RegisteredVariant(spec, suffix, formatting, pool, vocabulary, add_eos)
         names[suffix] = name
     logger.info("registered Flan variants of %s: %s", spec.name, ", ".join(names.values()))
     return names

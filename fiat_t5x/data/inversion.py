@@ -74,7 +74,12 @@ def flatten_inversions(inversions: Sequence[Inversion]) -> tuple[tuple[Inversion
 def cot_inversions(
     question: str = "question", answer: str = "answer", reasoning: str = "chain_of_thought"
 ) -> tuple[Inversion, ...]:
-    """The three CoT inversions of the Flan Collection, for a question/answer/reasoning task."""
+    """The four CoT inversions of the Flan Collection, three templates each.
+
+    reasoning+answer -> question, question+answer -> reasoning, reasoning -> question+answer,
+    answer -> question+reasoning. The question is shown as the data gives it (with its own list
+    of choices, for multiple-choice datasets), so an inverted target keeps the choices.
+    """
     q, a, r = "{" + question + "}", "{" + answer + "}", "{" + reasoning + "}"
     return (
         Inversion(
@@ -86,6 +91,11 @@ def cot_inversions(
                     f"Come up with a question that this reasoning answers with {a}.\n\n{r}", q
                 ),
                 Template(f"Reasoning: {r}\nAnswer: {a}\nWhat was the question?", q),
+                Template(
+                    f"Here is a line of reasoning and where it ends up.\n{r}\nIt concludes: {a}\n"
+                    "Write the question it was answering.",
+                    f"Question: {q}",
+                ),
             ),
         ),
         Inversion(
@@ -95,6 +105,7 @@ def cot_inversions(
             templates=(
                 Template(f"Question: {q}\nAnswer: {a}\nExplain how we arrive at this answer:", r),
                 Template(f"{q}\nThe answer is {a}. Give the step-by-step reasoning.", r),
+                Template(f"Why is {a} the right answer here?\n\n{q}", f"Here is why: {r}"),
             ),
         ),
         Inversion(
@@ -109,6 +120,30 @@ def cot_inversions(
                 Template(
                     f"Reverse engineer the question and answer from this reasoning: {r}",
                     f"Q: {q}\nA: {a}",
+                ),
+                Template(
+                    f"Invent a question that the explanation below settles, and give its answer."
+                    f"\n{r}",
+                    f"{q}\nThe answer: {a}",
+                ),
+            ),
+        ),
+        Inversion(
+            "answer->question+reasoning",
+            given=(answer,),
+            asked=(question, reasoning),
+            templates=(
+                Template(
+                    f"Write a question whose answer is {a}, with the reasoning that leads there.",
+                    f"Question: {q}\nReasoning: {r}",
+                ),
+                Template(
+                    f"The answer is {a}. Make up a matching question and explain the steps.",
+                    f"{q}\n{r}",
+                ),
+                Template(
+                    f"Answer: {a}\nWhat question, and what line of thought, could lead to it?",
+                    f"Q: {q}\nThought process: {r}",
                 ),
             ),
         ),

@@ -3,10 +3,12 @@
 A collection mixture gives each base task an examples-proportional rate
 `min(n, cap) ** (1 / temperature)`, splits it across the task's prompt-setting variants in the
 given proportions (Flan 2022: zero-/few-shot x options/no options, equal shares), and adds the
-`_inverted` variant at `inverted_rate` times the base rate. A weighted mixture combines
-sub-mixtures with weights (e.g. Flan 2022's 0.40/0.32/0.20/0.05/0.03); SeqIO normalises each
-sub-mixture's rates before applying its weight. `effective_rates` gives every task's final
-sampling share, recursively through sub-mixtures, which `fiat-t5x mixture-rates` prints.
+inverted variants at `inverted_rate` times the base rate (split by `inverted_settings`). A
+weighted mixture combines sub-mixtures with weights; SeqIO normalises each sub-mixture's rates
+before applying its weight. `register_flan_collections_mixture` weighs whole collections with
+the Flan 2022 weights (Flan 2021 0.40, T0-SF 0.32, NIv2 0.20, CoT 0.05, Dialog 0.03), for any
+collection mixtures a user has registered. `effective_rates` gives every task's final sampling
+share, recursively through sub-mixtures, which `fiat-t5x mixture-rates` prints.
 """
 
 from __future__ import annotations
@@ -18,14 +20,26 @@ import seqio
 
 logger = logging.getLogger(__name__)
 
-# Flan 2022's prompt settings: equal shares of zero-/few-shot with and without options.
+# Flan 2022's prompt settings: equal shares of zero-/few-shot with and without options; the
+# few-shot share split between its two kinds (same template, mixed templates).
 FLAN_PROMPT_SETTINGS: Mapping[str, float] = {
     "zsopt": 0.25,
     "zsnoopt": 0.25,
-    "fsopt": 0.25,
-    "fsnoopt": 0.25,
+    "fsopt": 0.125,
+    "fsopt_mix": 0.125,
+    "fsnoopt": 0.125,
+    "fsnoopt_mix": 0.125,
 }
 DEFAULT_INVERTED_RATE = 0.3
+INVERTED_ZERO_SHOT: Mapping[str, float] = {"inverted": 1.0}
+# The Flan 2022 mixture: the weight of each collection (Longpre et al., 2023).
+FLAN_2022_COLLECTION_WEIGHTS: Mapping[str, float] = {
+    "flan2021": 0.40,
+    "t0sf": 0.32,
+    "niv2": 0.20,
+    "cot": 0.05,
+    "dialog": 0.03,
+}
 
 
 def examples_proportional_rates(
@@ -49,6 +63,13 @@ def examples_proportional_rates(
     return rates
 
 
+def _shares(settings: Mapping[str, float], what: str) -> dict[str, float]:
+    total = sum(settings.values())
+    if not settings or total <= 0 or min(settings.values()) < 0:
+        raise ValueError(f"{what}={dict(settings)}: need non-negative shares, some positive")
+    return {suffix: share / total for suffix, share in settings.items() if share > 0}
+
+
 def collection_rates(
     num_examples: Mapping[str, int],
     *,
@@ -56,22 +77,23 @@ def collection_rates(
     cap: int | None = None,
     temperature: float = 1.0,
     inverted_rate: float | None = DEFAULT_INVERTED_RATE,
+    inverted_settings: Mapping[str, float] = INVERTED_ZERO_SHOT,
 ) -> dict[str, float]:
-    """Variant task name -> rate for base tasks (`num_examples` keyed by base name)."""
-    total = sum(prompt_settings.values())
-    if total <= 0 or min(prompt_settings.values()) < 0:
-        raise ValueError(
-            f"prompt_settings={dict(prompt_settings)}: need non-negative shares, some positive"
-        )
+    """Variant task name -> rate for base tasks (`num_examples` keyed by base name).
+
+    `<base>_<suffix>` gets `rate * share` for each prompt setting (shares normalised to 1), and
+    each inverted setting gets `rate * inverted_rate * share` (its shares normalised to 1 too).
+    """
+    shares = _shares(prompt_settings, "prompt_settings")
+    inverted = _shares(inverted_settings, "inverted_settings") if inverted_rate else {}
     rates: dict[str, float] = {}
     for base, rate in examples_proportional_rates(
         num_examples, cap=cap, temperature=temperature
     ).items():
-        for suffix, share in prompt_settings.items():
-            if share > 0:
-                rates[f"{base}_{suffix}"] = rate * share / total
-        if inverted_rate:
-            rates[f"{base}_inverted"] = rate * inverted_rate
+        for suffix, share in shares.items():
+            rates[f"{base}_{suffix}"] = rate * share
+        for suffix, share in inverted.items():
+            rates[f"{base}_{suffix}"] = rate * inverted_rate * share
     return rates
 
 
@@ -107,13 +129,14 @@ def register_collection_mixture(
     cap: int | None = None,
     temperature: float = 1.0,
     inverted_rate: float | None = DEFAULT_INVERTED_RATE,
+    inverted_settings: Mapping[str, float] = INVERTED_ZERO_SHOT,
     overwrite: bool = False,
 ) -> seqio.Mixture:
     """Registers a collection: base task name -> training examples, see `collection_rates`.
 
     Counts are the base tasks' train sizes (e.g. `task.num_input_examples("train")` of one
-    variant); every `<base>_<suffix>` named by `prompt_settings` (and `<base>_inverted` when
-    `inverted_rate` is set) must be registered.
+    variant); every `<base>_<suffix>` named by `prompt_settings` (and by `inverted_settings`
+    when `inverted_rate` is set) must be registered.
     """
     rates = collection_rates(
         num_examples,
@@ -121,6 +144,7 @@ def register_collection_mixture(
         cap=cap,
         temperature=temperature,
         inverted_rate=inverted_rate,
+        inverted_settings=inverted_settings,
     )
     return register_rates_mixture(name, rates, overwrite=overwrite)
 
@@ -134,6 +158,42 @@ def register_weighted_mixture(
             f"mixture {name!r}: weights {dict(weights)} must be non-negative, some positive"
         )
     return register_rates_mixture(name, weights, overwrite=overwrite)
+
+
+def register_flan_collections_mixture(
+    name: str,
+    collections: Mapping[str, str],
+    *,
+    weights: Mapping[str, float] = FLAN_2022_COLLECTION_WEIGHTS,
+    overwrite: bool = False,
+) -> seqio.Mixture:
+    """Whole collections weighted like the Flan 2022 mixture.
+
+    Args:
+      name: the mixture to register.
+      collections: collection key -> a registered mixture (or task), e.g.
+        {"cot": "flan_cot", "niv2": "my_niv2"}. Keys are those of `weights`; add your own
+        collections with a weight of their own (`weights={**FLAN_2022_COLLECTION_WEIGHTS,
+        "mine": 0.1}`). Collections you do not pass are left out, and SeqIO renormalises the
+        weights of the others (CoT alone with NIv2: 0.05 / 0.25 and 0.20 / 0.25).
+      weights: collection key -> weight.
+      overwrite: replace a mixture registered under `name`.
+    """
+    if not collections:
+        raise ValueError(f"mixture {name!r}: give at least one collection")
+    unweighted = sorted(set(collections) - set(weights))
+    if unweighted:
+        raise ValueError(
+            f"mixture {name!r}: collection(s) {unweighted} have no weight; known collections: "
+            f"{', '.join(weights)}. Pass weights={{**FLAN_2022_COLLECTION_WEIGHTS, "
+            f"{unweighted[0]!r}: 0.1}} (or another weight) to add one"
+        )
+    left_out = [key for key in weights if key not in collections]
+    if left_out:
+        logger.info("mixture %s: collections %s not given; weights renormalised", name, left_out)
+    return register_weighted_mixture(
+        name, {mixture: weights[key] for key, mixture in collections.items()}, overwrite=overwrite
+    )
 
 
 def _rate(provider: seqio.Mixture, child: str) -> float:

@@ -62,7 +62,14 @@ def language_source(
     def load_split(split: str) -> list[dict[str, Any]]:
         options = DataOptions(data_dir, bool(skip_malformed)) if data_dir else configured()
         skip = options.skip_malformed if skip_malformed is None else skip_malformed
-        return load_examples(options.data_dir, split, languages, skip_malformed=skip)
+        try:
+            return load_examples(options.data_dir, split, languages, skip_malformed=skip)
+        except sources.MalformedLineError as e:
+            if skip_malformed is not None:
+                raise
+            # Name the switch a user has: the dataset's gin options (`xtreme_up_qa_data`...).
+            name = getattr(configured, "__name__", "the dataset's options")
+            raise e.with_skip_hint(f"--gin.{name}.skip_malformed=True") from None
 
     return sources.records_data_source(load_split, splits, output_signature)
 

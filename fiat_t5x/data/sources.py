@@ -13,17 +13,27 @@ Usage:
                        unescape_newlines=True, skip_malformed=True, report=report)
     source = records_data_source(load_split, splits=("train", "validation"),
                                  output_signature={"id": tf.TensorSpec([], tf.string), ...})
+    source = jsonl_data_source({"train": "data/train.jsonl", ...}, output_signature={...},
+                               required=("question", "answer"), language_field="language")
+
+Sources built with `skip_malformed=None` (the default of `jsonl_data_source` and
+`hf_source.hf_data_source`) ask gin when they read: `--gin.malformed_lines.skip=True` skips
+and counts bad lines for a whole run (and config.gin records that it did).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+import gin
+from fiat_t5x.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +41,62 @@ logger = logging.getLogger(__name__)
 MAX_LISTED_LOCATIONS = 5
 
 
-class MalformedLineError(ValueError):
-    """A line of a data file that cannot be turned into an example.
+# How to skip bad lines, by who reads them: a reader called in code, or a data source that
+# asks gin (`skip_malformed_lines`) when it reads.
+READER_SKIP_HINT = "pass skip_malformed=True to the reader"
+GIN_SKIP_HINT = "--gin.malformed_lines.skip=True"
+
+
+class MalformedLineError(UsageError):
+    """A line (or row) of a data file that cannot be turned into an example.
 
     The message names the file, the 1-based line, the field (when one is at fault) and the
-    problem, and says how to proceed: fix the line or ask the reader to skip bad lines.
+    problem, and says how to proceed: fix the line, or skip bad lines (`skip_hint`: the
+    option that does it where the file is read).
     """
 
-    def __init__(self, path: str, line: int, problem: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        line: int,
+        problem: str,
+        field: str | None = None,
+        *,
+        skip_hint: str = READER_SKIP_HINT,
+        unit: str = "line",
+    ) -> None:
         self.path = str(path)
         self.line = line
         self.problem = problem
         self.field = field
+        self.skip_hint = skip_hint
+        self.unit = unit
         where = f"{self.path}:{line}"
         what = f"field {field!r}: {problem}" if field else problem
         super().__init__(
-            f"{where}: {what}. Fix this line, or pass skip_malformed=True to count and skip "
-            "malformed lines."
+            f"{where}: {what}. Fix this {unit}, or skip and count malformed {unit}s: {skip_hint}"
         )
 
     @property
     def location(self) -> str:
         return f"{self.path}:{self.line}"
+
+    def with_skip_hint(self, skip_hint: str) -> MalformedLineError:
+        """The same error, naming the option that skips bad lines where this file is read."""
+        return MalformedLineError(
+            self.path, self.line, self.problem, self.field, skip_hint=skip_hint, unit=self.unit
+        )
+
+
+def _skip_malformed_lines(skip: bool = False) -> bool:
+    """Whether data sources built with `skip_malformed=None` skip (and count, and log) bad
+    lines instead of failing on the first: `--gin.malformed_lines.skip=True`."""
+    return bool(skip)
+
+
+# Registered even when this module is first imported after a command locked its gin config.
+with gin.unlock_config():
+    skip_malformed_lines = gin.configurable("malformed_lines")(_skip_malformed_lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +198,13 @@ def _validate(
     return Record(fields=dict(fields), path=record.path, line=record.line)
 
 
-def _read_validated(
-    path: str | os.PathLike[str],
-    parse_line: Callable[[str, str, int], Mapping[str, Any]],
+# One row as read: (1-based line or row number, its fields, or the error that reading it gave).
+NumberedRow = tuple[int, "Mapping[str, Any] | MalformedLineError"]
+
+
+def validate_rows(
+    path: str,
+    rows: Iterable[NumberedRow],
     *,
     required: Sequence[str],
     non_empty: Collection[str],
@@ -166,35 +214,28 @@ def _read_validated(
     skip_malformed: bool,
     report: SkipReport | None,
 ) -> list[Record]:
-    path = os.fspath(path)
+    """Validate every row of one file: raise on the first bad one, or skip, count and warn."""
     file_report = SkipReport()
     records: list[Record] = []
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: no such data file; check the data directory you configured"
-        )
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.rstrip("\n").rstrip("\r")
-            if not text.strip():
-                continue  # Blank lines (e.g. a trailing newline) are not examples.
-            file_report.lines_read += 1
-            try:
-                fields = parse_line(text, path, number)
-                record = _validate(
-                    Record(fields=fields, path=path, line=number),
-                    required,
-                    non_empty,
-                    language_field,
-                    languages,
-                    transform,
-                )
-            except MalformedLineError as e:
-                if not skip_malformed:
-                    raise
-                file_report.add_skip(e)
-                continue
-            records.append(record)
+    for number, fields in rows:
+        file_report.lines_read += 1
+        try:
+            if isinstance(fields, MalformedLineError):
+                raise fields
+            record = _validate(
+                Record(fields=fields, path=path, line=number),
+                required,
+                non_empty,
+                language_field,
+                languages,
+                transform,
+            )
+        except MalformedLineError as e:
+            if not skip_malformed:
+                raise
+            file_report.add_skip(e)
+            continue
+        records.append(record)
     file_report.kept = len(records)
     if file_report.skipped:
         logger.warning("%s: %s", path, file_report.summary())
@@ -203,6 +244,37 @@ def _read_validated(
         report.kept += file_report.kept
         report.skipped.extend(file_report.skipped)
     return records
+
+
+def _read_validated(
+    path: str | os.PathLike[str],
+    parse_line: Callable[[str, str, int], Mapping[str, Any]],
+    **validation: Any,
+) -> list[Record]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: no such data file; check the data directory you configured"
+        )
+
+    return validate_rows(path, parsed_lines(path, parse_line), **validation)
+
+
+def parsed_lines(
+    path: str, parse_line: Callable[[str, str, int], Mapping[str, Any]] | None = None
+) -> Iterator[NumberedRow]:
+    """(line number, fields or the line's error) of every non-blank line of a text file
+    (JSON objects unless `parse_line` says otherwise)."""
+    parse_line = parse_line or _parse_json_object
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.rstrip("\n").rstrip("\r")
+            if not text.strip():
+                continue  # Blank lines (e.g. a trailing newline) are not examples.
+            try:
+                yield number, parse_line(text, path, number)
+            except MalformedLineError as e:
+                yield number, e
 
 
 def _parse_json_object(text: str, path: str, line: int) -> Mapping[str, Any]:
@@ -313,13 +385,14 @@ def records_data_source(
     splits: Sequence[str],
     output_signature: Mapping[str, Any],
     *,
-    num_input_examples: Mapping[str, int] | None = None,
+    num_input_examples: Mapping[str, int] | Callable[[str], int] | None = None,
 ):
     """A `seqio.FunctionDataSource` whose split `s` yields the examples `load_split(s)` returns.
 
     Files are read when a dataset is requested (not at registration), so tasks can be
-    registered before their data directory exists or is configured; errors surface there. Examples come in the order `load_split` returns them
-    (SeqIO shuffles examples downstream; `shuffle_files` has nothing to shuffle here).
+    registered before their data directory exists or is configured; errors surface there.
+    Examples come in the order `load_split` returns them (SeqIO shuffles examples downstream;
+    `shuffle_files` has nothing to shuffle here).
 
     Args:
       load_split: split name -> examples (field dicts or `Record`s).
@@ -327,7 +400,8 @@ def records_data_source(
       output_signature: field name -> `tf.TensorSpec` (e.g. `tf.TensorSpec([], tf.string)`,
         or `tf.TensorSpec([None], tf.string)` for a list of strings). Fields of an example
         that are not in the signature are dropped; a missing one is an error.
-      num_input_examples: optional split -> count, reported by SeqIO.
+      num_input_examples: optional split -> count, reported by SeqIO; a function is called
+        (once per split) when a count is first asked for.
     """
     import seqio
     import tensorflow as tf
@@ -338,11 +412,10 @@ def records_data_source(
         fields = example.fields if isinstance(example, Record) else example
         missing = [name for name in signature if name not in fields]
         if missing:
-            where = f" ({example.location})" if isinstance(example, Record) else ""
-            raise KeyError(
-                f"split {split!r}: example{where} lacks {missing} required by the source's "
-                "output_signature"
-            )
+            problem = f"lacks {missing}, which the source's output_signature lists"
+            if isinstance(example, Record):
+                raise example.error(problem)
+            raise UsageError(f"split {split!r}: an example {problem} (fields: {sorted(fields)})")
         return {name: fields[name] for name in signature}
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
@@ -354,9 +427,94 @@ def records_data_source(
         examples = [select(split, example) for example in load_split(split)]
         return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
 
-    return seqio.FunctionDataSource(
-        dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=num_input_examples
-    )
+    if not callable(num_input_examples):
+        return seqio.FunctionDataSource(
+            dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=num_input_examples
+        )
+    count = functools.cache(num_input_examples)
+
+    class CountingSource(seqio.FunctionDataSource):
+        def num_input_examples(self, split: str) -> int:
+            if split not in splits:
+                raise UsageError(f"unknown split {split!r}; this source offers {list(splits)}")
+            return count(split)
+
+    return CountingSource(dataset_fn=dataset_fn, splits=tuple(splits))
+
+
+def jsonl_data_source(
+    files: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]]],
+    output_signature: Mapping[str, Any],
+    *,
+    required: Sequence[str] = (),
+    non_empty: Collection[str] = (),
+    language_field: str | None = None,
+    languages: Collection[str] | None = None,
+    transform: Transform | None = None,
+    skip_malformed: bool | None = None,
+):
+    """A SeqIO source over JSON-lines files (one file, or a list, per split); every line is
+    validated as by `read_jsonl` when a split is first read. `num_input_examples(split)`
+    counts the split's non-blank lines (for mixture rates, without counting by hand).
+
+    Args:
+      files: split name -> path(s); relative paths are taken from the working directory.
+      output_signature: field -> `tf.TensorSpec`, as in `records_data_source`; a list field
+        (e.g. answer options) is `tf.TensorSpec([None], tf.string)`.
+      required, non_empty, language_field, languages, transform: as in `read_jsonl`.
+      skip_malformed: None asks gin when reading (`--gin.malformed_lines.skip=True`).
+    """
+    splits = tuple(files)
+
+    def load_split(split: str) -> list[Record]:
+        skip, hint = skip_policy(skip_malformed, "jsonl_data_source")
+        records: list[Record] = []
+        report = SkipReport()
+        try:
+            for path in as_paths(files[split]):
+                records += read_jsonl(
+                    path,
+                    required=required,
+                    non_empty=non_empty,
+                    language_field=language_field,
+                    languages=languages,
+                    transform=transform,
+                    skip_malformed=skip,
+                    report=report,
+                )
+        except MalformedLineError as e:
+            raise e.with_skip_hint(hint) from None
+        return records
+
+    def count(split: str) -> int:
+        return sum(count_lines(path) for path in as_paths(files[split]))
+
+    return records_data_source(load_split, splits, output_signature, num_input_examples=count)
+
+
+def count_lines(path: str | os.PathLike[str]) -> int:
+    """Non-blank lines of a text file: its examples, before any are found malformed. Cheap
+    enough to call at registration (e.g. for examples-proportional mixture rates)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{os.fspath(path)}: no such data file; check the data directory you configured"
+        )
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def skip_policy(skip_malformed: bool | None, source: str) -> tuple[bool, str]:
+    """(skip?, how a user would ask for skipping) of a source built with `skip_malformed`."""
+    if skip_malformed is None:
+        return skip_malformed_lines(), GIN_SKIP_HINT
+    return skip_malformed, f"pass skip_malformed=True to {source}"
+
+
+def as_paths(value: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One path or a sequence of paths, as a list of strings."""
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    return [os.fspath(v) for v in value]
 
 
 def content_id(fields: Mapping[str, Any], names: Sequence[str], prefix: str = "") -> str:

@@ -3,7 +3,9 @@
 A Flan task carries about ten templates; each example is rendered with one of them. The choice
 is a stable hash (TensorFlow's Fingerprint64, identical on every machine and run) of the
 example's id, the pipeline seed and a purpose tag, so the same (seed, example) always gets the
-same template, and the chosen index travels with the example as a feature.
+same template, and the chosen index travels with the example as a feature. The hashing helpers
+take batches (`[N]` keys) as well as scalars, so the plain-Python renderer draws exactly the
+choices the tf.data graph draws.
 
 Rendering happens inside the tf.data graph (`render_tf`) so it runs in parallel after SeqIO's
 cache point; `Template.render` is the plain-Python equivalent for users and tests.
@@ -15,6 +17,7 @@ import dataclasses
 import string
 from collections.abc import Collection, Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # A parsed template: literal text and placeholder names in order, e.g.
@@ -134,6 +137,37 @@ def validate_templates(
                     )
 
 
+def seed_text(seed: tf.Tensor) -> tf.Tensor:
+    """A seed pair as text, "s0,s1": `[..., 2]` int -> `[...]` tf.string."""
+    return tf.strings.reduce_join(tf.strings.as_string(seed), axis=-1, separator=",")
+
+
+def hashed_choice(
+    keys: tf.Tensor, seed_texts: tf.Tensor, purpose: str, num_choices: int
+) -> tf.Tensor:
+    """Reproducible indices in [0, num_choices) (int32, the shape of `keys`).
+
+    Args:
+      keys: tf.string identifying what is chosen for (an example id, "id#3" for its 4th exemplar).
+      seed_texts: `seed_text(seed)`, the same shape as `keys`.
+      purpose: separates independent choices ("template", "options_marker", ...).
+      num_choices: how many alternatives there are.
+    """
+    key = tf.strings.join([purpose + "|", seed_texts, "|", keys])
+    return tf.cast(tf.strings.to_hash_bucket_fast(key, num_choices), tf.int32)
+
+
+def weighted_choice(
+    keys: tf.Tensor, seed_texts: tf.Tensor, purpose: str, weights: Sequence[int]
+) -> tf.Tensor:
+    """Like `hashed_choice`, with index i drawn with probability weights[i] / sum(weights)."""
+    if not weights or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"weights {list(weights)}: need non-negative integers, some positive")
+    bucket = hashed_choice(keys, seed_texts, purpose, int(sum(weights)))
+    ends = tf.constant(np.cumsum(weights), tf.int32)
+    return tf.reduce_sum(tf.cast(bucket[..., None] >= ends, tf.int32), axis=-1)
+
+
 def stable_choice(
     example_id: tf.Tensor, seed: tf.Tensor, purpose: str, num_choices: int
 ) -> tf.Tensor:
@@ -145,9 +179,7 @@ def stable_choice(
       purpose: separates independent choices ("template", "options", "exemplars"...).
       num_choices: how many alternatives there are.
     """
-    seed_text = tf.strings.reduce_join(tf.strings.as_string(tf.reshape(seed, [-1])), separator=",")
-    key = tf.strings.join([purpose, "|", seed_text, "|", example_id])
-    return tf.cast(tf.strings.to_hash_bucket_fast(key, num_choices), tf.int32)
+    return hashed_choice(example_id, seed_text(tf.reshape(seed, [-1])), purpose, num_choices)
 
 
 def _as_text(value: tf.Tensor) -> tf.Tensor:

@@ -103,13 +103,14 @@ def measure_coverage(
     examples: Iterable[Mapping[str, Any]],
     *,
     max_lost_characters: int = 10,
+    language_field: str = "language",
 ) -> list[LanguageCoverage]:
-    """Coverage per language (the example's `language`, else "all"), sorted by language."""
+    """Coverage per language (the example's `language_field`, else "all"), sorted by language."""
     unk = _unknown_id(vocabulary)
     char_is_unknown: dict[str, bool] = {}
     stats: dict[str, dict[str, Any]] = {}
     for example in examples:
-        language = example.get("language", "all")
+        language = example.get(language_field, "all")
         language = language.decode("utf-8") if isinstance(language, bytes) else str(language)
         entry = stats.setdefault(
             language,

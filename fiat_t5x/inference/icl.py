@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from fiat_t5x.data.cot import extract_answer
 from fiat_t5x.inference.beta_outputs import beta_texts
 from fiat_t5x.inference.scoring import resolve_path, score_predictions, write_jsonl, write_metrics
-from fiat_t5x.rationales.cli import read_examples
+from fiat_t5x.rationales.examples import read_examples
 from fiat_t5x.rationales.generate import Example
 from fiat_t5x.rationales.injection import rationale_store
 from fiat_t5x.rationales.prompts import load_prompt
@@ -103,7 +103,7 @@ def icl_baseline(
     metrics["answer_found_rate"] = (
         100.0 * sum(p.answer_found for p in predictions) / max(len(predictions), 1)
     )
-    write_metrics(model_dir, f"eval/{metrics_task}", metrics)
+    write_metrics(model_dir, f"eval/{metrics_task}", metrics, writer="icl")
     return metrics
 
 

@@ -15,6 +15,9 @@ from typing import Any
 
 import seqio
 
+from fiat_t5x.rationales.prompt_files import resolve_path  # noqa: F401 - re-exported
+from fiat_t5x.training.metrics_writer import append_row
+
 
 def score_predictions(
     task_name: str,
@@ -43,15 +46,6 @@ def score_predictions(
     return results
 
 
-def resolve_path(path: str) -> str:
-    """`path` as given when it exists, else relative to the repository (gin files name
-    `gin/fiat/itau/...` relative to the checkout, wherever the command runs)."""
-    if os.path.exists(path):
-        return path
-    candidate = os.path.join(os.path.dirname(__file__), "..", "..", path)
-    return os.path.normpath(candidate) if os.path.exists(candidate) else path
-
-
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     """Writes JSON lines atomically (temp file + rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -62,12 +56,14 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def write_metrics(model_dir: str, prefix: str, metrics: Mapping[str, float], step: int = 0) -> str:
-    """Appends one `{"step": N, "<prefix>/<metric>": v}` line to MODEL_DIR/metrics.jsonl (the
-    trainer's format, which sweep reports read)."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "metrics.jsonl")
-    line = {"step": int(step), **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
-    return path
+def write_metrics(
+    model_dir: str,
+    prefix: str,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    writer: str = "inference",
+) -> str:
+    """Appends one `{"step": N, "run": ..., "writer": writer, "<prefix>/<metric>": v}` row to
+    MODEL_DIR/metrics.jsonl (the trainer's format, which sweep reports read)."""
+    values = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
+    return append_row(model_dir, step, values, writer)

@@ -4,9 +4,11 @@
     fiat-t5x fiat-infer --gin_file=gin/fiat/demo.gin --gin.MODEL_DIR="'/tmp/fiat_demo'" \\
         --gin.fiat_infer.input_jsonl="'questions.jsonl'"
 
-Stage 1 reads β's rationale for every example from the rationale store; missing ones are
-generated with the configured β provider (`fiat_infer.beta`) and stored, like training-time
-rationales. Stage 2 renders τ's input exactly as the `<task>_fiat` SeqIO task does and decodes
+Stage 1 reads β's rationale for every example from the rationale store (RATIONALE_STORE);
+missing ones are generated with the configured β provider (`fiat_infer.beta`, gin BETA) and
+stored, like training-time rationales. A τ is only run on rationales of the β it was trained
+on: the store identity recorded in MODEL_DIR at training start (`run_checks`) must match
+the store and BETA, or the command stops naming both βs. Stage 2 renders τ's input exactly as the `<task>_fiat` SeqIO task does and decodes
 greedily with the trained τ of MODEL_DIR. Predictions go to `<MODEL_DIR>/fiat_infer/<split>.jsonl`
 (id, inputs, rationale, prediction, target) and, when the examples carry labels, are scored
 with the task's metrics, printed and appended to MODEL_DIR/metrics.jsonl as `infer/<task>/...`.
@@ -25,12 +27,14 @@ from typing import Any
 from fiat_t5x.inference.beta_outputs import beta_texts
 from fiat_t5x.inference.scoring import resolve_path, score_predictions, write_jsonl, write_metrics
 from fiat_t5x.inference.tau import Tau, load_tuned_params
-from fiat_t5x.rationales.cli import read_examples
+from fiat_t5x.rationales.examples import read_examples
 from fiat_t5x.rationales.generate import Example
 from fiat_t5x.rationales.injection import rationale_store
 from fiat_t5x.rationales.prompts import PromptSpec, load_prompt
 from fiat_t5x.rationales.providers.base import Provider
+from fiat_t5x.rationales.run_checks import check_trained_identity
 from fiat_t5x.rationales.tuning_prompt import TuningPrompt, load_tuning_prompt
+from fiat_t5x.training.partitioning import Partitioner
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +144,7 @@ def fiat_infer(
     random_seed: int = 0,
     limit: int | None = None,
     output: str | None = None,
+    partitioner: Any = None,
 ) -> dict[str, float]:
     """Runs Algorithm 2 over a task split (or a JSONL file) with the τ trained in `model_dir`.
 
@@ -151,6 +156,7 @@ def fiat_infer(
       store_dir: the rationale store (default: `rationale_store()` from gin / env).
       metrics_task: the task whose metrics score the predictions (default `<task>_fiat`).
       random_seed: the trainer's RANDOM_SEED (the base of a randomly initialised τ).
+      partitioner: the mesh τ decodes on (default: training's, every device data-parallel).
     """
     for name in import_modules:
         importlib.import_module(name)
@@ -160,6 +166,7 @@ def fiat_infer(
     store_task = store_task or task
     prompt = load_tuning_prompt(resolve_path(itau_file), task)
     beta_prompt = load_prompt(resolve_path(ibeta_file), ibeta_task or task) if ibeta_file else None
+    check_trained_identity(model_dir, store_dir, prompt=beta_prompt, beta=beta)
     examples = read_examples(
         task=task, split=split, input_jsonl=input_jsonl, id_field=id_field, limit=limit
     )
@@ -168,13 +175,18 @@ def fiat_infer(
         .output_features["inputs"]
         .vocabulary
     )
+    # τ on the training mesh (every device, data-parallel, unless gin binds another partitioner).
+    partitioner = partitioner or Partitioner()
     tau = Tau(
         model=model,
-        params=load_tuned_params(model, model_dir, initial_checkpoint_path, random_seed),
+        params=load_tuned_params(
+            model, model_dir, initial_checkpoint_path, random_seed, partitioner=partitioner
+        ),
         vocabulary=vocabulary,
         max_input_length=int(task_feature_lengths["inputs"]),
         max_decode_length=int(task_feature_lengths["targets"]),
         batch_size=batch_size,
+        partitioner=partitioner,
     )
     split_name = os.path.splitext(os.path.basename(input_jsonl))[0] if input_jsonl else split
     predictions = run_two_stage(
@@ -191,7 +203,9 @@ def fiat_infer(
     write_jsonl(output, (p.to_json() for p in predictions))
     metrics = score_fiat_predictions(metrics_task or f"{task}_fiat", examples, predictions)
     if metrics:
-        write_metrics(model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics)
+        write_metrics(
+            model_dir, f"infer/{metrics_task or f'{task}_fiat'}", metrics, writer="fiat_infer"
+        )
     logger.info("wrote %d predictions to %s; metrics %s", len(predictions), output, metrics)
     return metrics
 

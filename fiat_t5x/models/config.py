@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 import jax
 
+REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal")
+MATMUL_BACKWARDS = ("auto", "custom", "autodiff")
+
 
 def default_activation_dtype() -> str:
     """bf16 on accelerators (the usual T5X setting), fp32 on the CPU where bf16 is slow."""
@@ -42,6 +45,19 @@ class T5Config:
       dtype: activation dtype ("float32" or "bfloat16"); None picks by backend.
       param_dtype: dtype in which parameters are created.
       float32_attention_logits: compute attention logits/softmax in fp32 under bf16 activations.
+      scan_layers: run each stack's layers under `nn.scan` (one compiled layer body, parameters
+        stacked under `encoder/layers/...` and `decoder/layers/...`); see docs/models.md.
+      param_scan_axis: the axis of a stacked parameter that indexes the layer (T5X scalable_t5's
+        default 1: `mlp/wi_0/kernel` is [embed, layers, mlp]).
+      remat_policy: what each layer keeps for the backward pass (`fiat_t5x.models.remat`):
+        "none" (everything autodiff saves), "full" (only the layer's inputs), "dots_saveable"
+        (every matmul output, attention logits included) or "minimal" (the dense projections'
+        outputs only; attention is recomputed).
+      matmul_backward: how the dense projections are differentiated: "custom" (our hand-written
+        backward, faster on XLA:CPU), "autodiff" (plain `jnp.matmul`; what GPUs/TPUs want), or
+        "auto" (custom on the CPU backend only).
+      fused_attention: use `jax.nn.dot_product_attention` (cuDNN's fused kernel where the GPU has
+        one, XLA elsewhere) instead of our einsum attention; needs no attention dropout in training.
     """
 
     vocab_size: int = 32128
@@ -61,6 +77,11 @@ class T5Config:
     dtype: str | None = None
     param_dtype: str = "float32"
     float32_attention_logits: bool = False
+    scan_layers: bool = False
+    param_scan_axis: int = 1
+    remat_policy: str = "none"
+    matmul_backward: str = "auto"
+    fused_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype is None:
@@ -72,7 +93,27 @@ class T5Config:
         unknown = set(self.mlp_activations) - {"gelu", "relu", "linear", "silu", "gelu_exact"}
         if unknown:
             raise ValueError(f"T5Config.mlp_activations has unknown activations {sorted(unknown)}")
+        _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+        _check_choice("matmul_backward", self.matmul_backward, MATMUL_BACKWARDS)
+        if self.param_scan_axis not in (0, 1):
+            # A stacked kernel is [in, layers, out] or [layers, in, out]; a norm scale is
+            # [embed, layers] or [layers, embed]: only axes 0 and 1 exist for every parameter.
+            raise ValueError(
+                f"T5Config.param_scan_axis must be 0 or 1 (T5X uses 1), got {self.param_scan_axis}"
+            )
 
     @property
     def is_gated(self) -> bool:
         return len(self.mlp_activations) > 1
+
+    @property
+    def custom_matmul_backward(self) -> bool:
+        """Whether projections use the hand-written backward ("auto": on the CPU backend only)."""
+        if self.matmul_backward == "auto":
+            return jax.default_backend() == "cpu"
+        return self.matmul_backward == "custom"
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"T5Config.{field} must be one of {list(choices)}, got {value!r}")

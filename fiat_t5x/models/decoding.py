@@ -17,6 +17,11 @@ import jax.numpy as jnp
 Array = jax.Array
 StepFn = Callable[[Array, Any], tuple[Array, Any]]
 NEG_INF = -1.0e10
+# The ids every T5-family vocabulary (SentencePiece and byte-level) reserves: the one
+# definition that encoders, decoders and their callers use.
+PAD_ID = 0
+EOS_ID = 1
+DECODE_METHODS = ("greedy", "sample", "beam")
 # Cache leaves that hold one row per decoded sequence and follow beam reordering.
 _SELF_CACHE = ("cached_key", "cached_value")
 _BATCHED_CACHE = _SELF_CACHE + ("cross_key", "cross_value")
@@ -78,7 +83,7 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    eos_id: int = 1,
+    eos_id: int = EOS_ID,
 ) -> Array:
     """Greedy (temperature 0) or temperature sampling with optional top-k / top-p filtering."""
 
@@ -123,7 +128,7 @@ def beam_search(
     num_beams: int,
     max_decode_length: int,
     length_penalty_alpha: float = 0.6,
-    eos_id: int = 1,
+    eos_id: int = EOS_ID,
 ) -> Array:
     """Best sequence per row by log-prob / brevity_penalty(length), length counting the EOS.
 
@@ -187,3 +192,15 @@ def beam_search(
     # A row with no finished hypothesis returns its best alive one (it ran out of length).
     none_finished = ~jnp.any(finished_flags, axis=-1)
     return jnp.where(none_finished[:, None], alive[:, 0], finished[:, 0])
+
+
+def until_eos(row: Any) -> tuple[list[int], bool]:
+    """(the ids of a decoded row before its first EOS, whether it had one): a row without EOS
+    ran out of `max_decode_length`."""
+    ids = []
+    for token in row:
+        token = int(token)
+        if token == EOS_ID:
+            return ids, True
+        ids.append(token)
+    return ids, False

@@ -2,9 +2,10 @@
 projections, multi-head attention with a key/value cache, the feed-forward block and the embedder.
 
 Every parameter is created through `nn.with_logical_partitioning` so that it carries T5X's logical
-axis names (`embed`, `mlp`, `joined_kv`, `heads`, `vocab`, `relpos_buckets`, `lora_rank`).
-Numerics follow T5X's example network: no 1/sqrt(d) attention scaling (folded into the query
-initialiser), masks add -1e10, RMS norm without mean subtraction.
+axis names (`embed`, `mlp`, `joined_kv`, `heads`, `vocab`, `relpos_buckets`, `lora_rank`);
+activations are constrained with their own names (`activation_axes`). Numerics follow T5X's example
+network: no 1/sqrt(d) attention scaling (folded into the query initialiser), masked logits are
+-1e10, RMS norm without mean subtraction. Values a remat policy may keep are tagged (`remat`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
-from fiat_t5x.models.lora import LoraConfig, lora_a_init
+from fiat_t5x.models import activation_axes as act
+from fiat_t5x.models.lora import LoraConfig, lora_a_init, targets_module
+from fiat_t5x.models.remat import ATTENTION_CONTEXT, ATTENTION_LOGITS, PROJECTION
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -68,6 +72,14 @@ def _dense_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, 
 dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
+def matmul(x: Array, kernel: Array, *, custom_backward: bool) -> Array:
+    """`x @ kernel`: `dense_matmul` where its backward helps (XLA:CPU), plain autodiff elsewhere.
+
+    Accelerators differentiate `jnp.matmul` well and need no extra residual for it.
+    """
+    return dense_matmul(x, kernel) if custom_backward else jnp.matmul(x, kernel)
+
+
 class RMSNorm(nn.Module):
     """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, computed in fp32. [..., embed]."""
 
@@ -114,8 +126,40 @@ def relative_position_bucket(
     return bucket + jnp.where(is_small, n, large)
 
 
+def relative_position_bias(
+    table: Array,
+    query_pos: Array,
+    key_pos: Array,
+    *,
+    bidirectional: bool,
+    max_distance: int,
+    dtype: Any = jnp.float32,
+) -> Array:
+    """Per-head bias of each (query, key) pair from a table [heads, buckets] -> [b|1, heads, q, k].
+
+    query_pos [b|1, q], key_pos [b|1, k] int. Computed where it is used (in each layer), so only
+    the positions, never a [b, heads, q, k] tensor, stay live across a stack.
+    """
+    relative = key_pos[:, None, :] - query_pos[:, :, None]
+    num_buckets = table.shape[1]
+    buckets = relative_position_bucket(
+        relative, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+    )
+    table = table.astype(dtype)
+    if buckets.shape[0] == 1:
+        # Shared positions: a one-hot matmul, cheaper to differentiate than a gather.
+        one_hot = jax.nn.one_hot(buckets, num_buckets, dtype=dtype)
+        return jnp.einsum("hn,bqkn->bhqk", table, one_hot)
+    # Per-example (packed) positions: a gather keeps memory at [b, heads, q, k].
+    return jnp.transpose(jnp.take(table, buckets, axis=1), (1, 0, 2, 3))
+
+
 class RelativePositionBias(nn.Module):
-    """Learned per-head bias of each (query, key) position bucket: rel_embedding [heads, buckets]."""
+    """Learned per-head bias of each (query, key) position bucket: rel_embedding [heads, buckets].
+
+    Call it for the bias of some positions, or take `table()` to share it with layers that compute
+    their own bias (`relative_position_bias`).
+    """
 
     num_heads: int
     num_buckets: int = 32
@@ -123,10 +167,8 @@ class RelativePositionBias(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, query_pos: Array, key_pos: Array, *, bidirectional: bool) -> Array:
-        """query_pos [b|1, q], key_pos [b|1, k] int -> bias [b|1, heads, q, k]."""
-        table = self.param(
+    def setup(self) -> None:
+        self.rel_embedding = self.param(
             "rel_embedding",
             nn.with_logical_partitioning(
                 nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
@@ -135,32 +177,37 @@ class RelativePositionBias(nn.Module):
             (self.num_heads, self.num_buckets),
             self.param_dtype,
         )
-        relative = key_pos[:, None, :] - query_pos[:, :, None]
-        buckets = relative_position_bucket(
-            relative,
+
+    def table(self) -> Array:
+        """The bias table [heads, buckets]."""
+        return self.rel_embedding
+
+    def __call__(self, query_pos: Array, key_pos: Array, *, bidirectional: bool) -> Array:
+        """query_pos [b|1, q], key_pos [b|1, k] int -> bias [b|1, heads, q, k]."""
+        return relative_position_bias(
+            self.rel_embedding,
+            query_pos,
+            key_pos,
             bidirectional=bidirectional,
-            num_buckets=self.num_buckets,
             max_distance=self.max_distance,
+            dtype=self.dtype,
         )
-        table = table.astype(self.dtype)
-        if buckets.shape[0] == 1:
-            # Shared positions: a one-hot matmul, cheaper to differentiate than a gather.
-            one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)
-            return jnp.einsum("hn,bqkn->bhqk", table, one_hot)
-        # Per-example (packed) positions: a gather keeps memory at [b, heads, q, k].
-        return jnp.transpose(jnp.take(table, buckets, axis=1), (1, 0, 2, 3))
 
 
 class DenseProjection(nn.Module):
     """`x @ kernel` with kernel [in, out], plus a LoRA branch when `lora` targets this module.
 
-    The module's own path (e.g. `encoder/layers_0/attention/query`) decides whether LoRA applies.
+    The module's own path (e.g. `encoder/layers_0/attention/query`) decides whether LoRA applies;
+    inside a scanned stack of `stack_depth` layers the path `encoder/layers/...` stands for every
+    layer's. The output is tagged `PROJECTION` for the remat policies.
     """
 
     features: int
     axes: tuple[str, str]
     kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
     lora: LoraConfig | None = None
+    stack_depth: int | None = None
+    custom_backward: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -173,9 +220,10 @@ class DenseProjection(nn.Module):
             (in_features, self.features),
             self.param_dtype,
         )
+        mm = functools.partial(matmul, custom_backward=self.custom_backward)
         x = x.astype(self.dtype)
-        y = dense_matmul(x, kernel.astype(self.dtype))
-        if self.lora is not None and self.lora.targets_path("/".join(self.scope.path)):
+        y = mm(x, kernel.astype(self.dtype))
+        if self.lora is not None and targets_module(self.lora, self.scope.path, self.stack_depth):
             a = self.param(
                 "lora_a",
                 nn.with_logical_partitioning(lora_a_init, (self.axes[0], "lora_rank")),
@@ -191,16 +239,28 @@ class DenseProjection(nn.Module):
                 self.param_dtype,
             )
             x_lora = nn.Dropout(rate=self.lora.dropout)(x, deterministic=deterministic)
-            lora_out = dense_matmul(
-                dense_matmul(x_lora, a.astype(self.dtype)), b.astype(self.dtype)
-            )
+            hidden = checkpoint_name(mm(x_lora, a.astype(self.dtype)), PROJECTION)
+            lora_out = mm(hidden, b.astype(self.dtype))
             y = y + lora_out * jnp.asarray(self.lora.scale, self.dtype)
-        return y
+        return checkpoint_name(y, PROJECTION)
 
 
-def attention_bias_from_mask(mask: Array, dtype: Any = jnp.float32) -> Array:
-    """Boolean mask [b, 1|h, q, k] -> additive bias: 0 where attended, -1e10 where masked."""
-    return jnp.where(mask, 0.0, MASK_VALUE).astype(dtype)
+def _sub_projection(
+    parent: nn.Module, name: str, features: int, axes: tuple[str, str], init: Initializer
+) -> DenseProjection:
+    """A projection inside `parent` (attention or MLP) with its LoRA, stack depth, backward and
+    dtypes."""
+    return DenseProjection(
+        features=features,
+        axes=axes,
+        kernel_init=init,
+        lora=parent.lora,
+        stack_depth=parent.stack_depth,
+        custom_backward=parent.custom_backward,
+        dtype=parent.dtype,
+        param_dtype=parent.param_dtype,
+        name=name,
+    )
 
 
 class MultiHeadAttention(nn.Module):
@@ -209,42 +269,46 @@ class MultiHeadAttention(nn.Module):
     Decoding uses the flax "cache" collection. Self-attention (`decode_index` given) keeps
     `cached_key`/`cached_value` [b, max_len, heads, head_dim] and writes one position per step;
     cross-attention (`cache_kv=True`) projects the encoder outputs once into `cross_key`/`cross_value`.
+    With `fused=True` the scores, softmax and context are `jax.nn.dot_product_attention` (cuDNN's
+    fused kernel on GPUs that have one); it has no dropout on the attention probabilities.
     """
 
     num_heads: int
     head_dim: int
     dropout_rate: float = 0.0
     float32_logits: bool = False
+    fused: bool = False
     lora: LoraConfig | None = None
+    stack_depth: int | None = None
+    custom_backward: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def _proj(self, name: str, features: int, axes: tuple[str, str], init: Initializer):
-        return DenseProjection(
-            features=features,
-            axes=axes,
-            kernel_init=init,
-            lora=self.lora,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        return _sub_projection(self, name, features, axes, init)
 
     def _heads(self, x: Array) -> Array:
-        return x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+        """[b, l, heads * head_dim] -> [b, l, heads, head_dim]."""
+        x = x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+        return act.constrain(x, (act.BATCH, act.LENGTH, act.HEADS, act.KV))
 
     @nn.compact
     def __call__(
         self,
         inputs_q: Array,
         inputs_kv: Array,
-        bias: Array | None,
+        mask: Array | None,
+        bias: Array | None = None,
         *,
         deterministic: bool = True,
         decode_index: Array | None = None,
         cache_kv: bool = False,
     ) -> Array:
-        """inputs_q [b, q, embed], inputs_kv [b, k, embed], bias [b|1, h|1, q, k] -> [b, q, embed]."""
+        """inputs_q [b, q, embed], inputs_kv [b, k, embed] -> [b, q, embed].
+
+        mask: bool [b|1, h|1, q, k], True where attended (masked logits become -1e10);
+        bias: additive [b|1, h|1, q, k] (the relative position bias), or None.
+        """
         joined = self.num_heads * self.head_dim
         base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
@@ -288,16 +352,50 @@ class MultiHeadAttention(nn.Module):
                     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
                     k, v = cached_key.value, cached_value.value
 
-        if self.float32_logits:
-            q, k = q.astype(jnp.float32), k.astype(jnp.float32)
-        weights = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-        if bias is not None:
-            weights = weights + bias.astype(weights.dtype)
-        weights = jax.nn.softmax(weights.astype(jnp.float32)).astype(self.dtype)
-        weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
+        context = self._context(q, k, v, mask, bias, deterministic)
+        context = checkpoint_name(context, ATTENTION_CONTEXT)
+        context = act.constrain(context, (act.BATCH, act.LENGTH, act.HEADS, act.KV))
         context = context.reshape(context.shape[:2] + (joined,))
         return out(context, deterministic=deterministic)
+
+    def _context(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        mask: Array | None,
+        bias: Array | None,
+        deterministic: bool,
+    ) -> Array:
+        """q [b, q, h, d], k/v [b, k, h, d] -> context [b, q, h, d]: our einsum attention, or
+        `jax.nn.dot_product_attention` (fp32 logits and softmax, T5's unit scale) when fused."""
+        if self.fused:
+            if not deterministic and self.dropout_rate > 0:
+                raise ValueError(
+                    "T5Config.fused_attention has no dropout on attention probabilities: train "
+                    "with dropout_rate=0 or fused_attention=False"
+                )
+            dtype = self.dtype
+            return jax.nn.dot_product_attention(
+                q.astype(dtype),
+                k.astype(dtype),
+                v.astype(dtype),
+                bias=None if bias is None else bias.astype(dtype),
+                mask=mask,
+                scale=1.0,
+            )
+        if self.float32_logits:
+            q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if bias is not None:
+            logits = logits + bias.astype(logits.dtype)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.asarray(MASK_VALUE, logits.dtype))
+        logits = checkpoint_name(logits, ATTENTION_LOGITS)
+        logits = act.constrain(logits, (act.BATCH, act.HEADS, act.LENGTH, None))
+        weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
+        weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
 
 
 class MlpBlock(nn.Module):
@@ -307,12 +405,18 @@ class MlpBlock(nn.Module):
     activations: Sequence[str] = ("gelu", "linear")
     intermediate_dropout_rate: float = 0.0
     lora: LoraConfig | None = None
+    stack_depth: int | None = None
+    custom_backward: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
+    def _proj(self, name: str, features: int, axes: tuple[str, str]) -> DenseProjection:
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        return _sub_projection(self, name, features, axes, init)
+
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        """[b, l, embed] -> [b, l, embed]; the hidden [b, l, mlp] is sharded as `activation_mlp`."""
         names = (
             ["wi"]
             if len(self.activations) == 1
@@ -320,29 +424,15 @@ class MlpBlock(nn.Module):
         )
         hidden = None
         for name, activation in zip(names, self.activations, strict=True):
-            h = DenseProjection(
-                self.mlp_dim,
-                ("embed", "mlp"),
-                kernel_init=init,
-                lora=self.lora,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=name,
-            )(x, deterministic=deterministic)
+            h = self._proj(name, self.mlp_dim, ("embed", "mlp"))(x, deterministic=deterministic)
+            h = act.constrain(h, (act.BATCH, act.LENGTH, act.MLP))
             h = _ACTIVATIONS[activation](h)
             hidden = h if hidden is None else hidden * h
         hidden = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic
         )
-        return DenseProjection(
-            x.shape[-1],
-            ("mlp", "embed"),
-            kernel_init=init,
-            lora=self.lora,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="wo",
-        )(hidden, deterministic=deterministic)
+        hidden = act.constrain(hidden, (act.BATCH, act.LENGTH, act.MLP))
+        return self._proj("wo", x.shape[-1], ("mlp", "embed"))(hidden, deterministic=deterministic)
 
 
 class Embed(nn.Module):
@@ -363,7 +453,8 @@ class Embed(nn.Module):
 
     def __call__(self, tokens: Array) -> Array:
         """tokens [b, l] int -> [b, l, embed]."""
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        return act.constrain(x, (act.BATCH, act.LENGTH, act.EMBED))
 
     def attend(self, x: Array) -> Array:
         """[b, l, embed] -> logits [b, l, vocab] against the embedding table."""

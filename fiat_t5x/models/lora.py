@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -83,6 +83,30 @@ def target_matches(target: str, path: str) -> bool:
     if _is_regex(target):
         return re.fullmatch(target, path) is not None
     return path == target or path.endswith("/" + target)
+
+
+def targets_module(lora: LoraConfig, path: Sequence[str], stack_depth: int | None = None) -> bool:
+    """Whether LoRA applies to the projection module at `path` (its scope path components).
+
+    In a scanned stack of `stack_depth` layers, `("encoder", "layers", "attention", "query")` is
+    every layer's query at once: the targets are matched against each `encoder/layers_{i}/...`
+    and must pick all of them or none (a scanned stack has one set of parameters per layer).
+    """
+    if stack_depth is None:
+        return lora.targets_path("/".join(path))
+    at = list(path).index("layers")
+    per_layer = [
+        lora.targets_path("/".join((*path[:at], f"layers_{i}", *path[at + 1 :])))
+        for i in range(stack_depth)
+    ]
+    if all(per_layer) or not any(per_layer):
+        return per_layer[0]
+    chosen = [i for i, hit in enumerate(per_layer) if hit]
+    raise ValueError(
+        f"LoraConfig.targets {list(lora.targets)} adapt {'/'.join(path)} in layers {chosen} only; "
+        "with T5Config.scan_layers=True every layer of a stack has the same parameters: target "
+        "all layers or set scan_layers=False"
+    )
 
 
 def is_lora_path(path: str) -> bool:

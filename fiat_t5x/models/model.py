@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +21,7 @@ from flax.core import meta
 
 from fiat_t5x.models import decoding
 from fiat_t5x.models.config import T5Config
+from fiat_t5x.models.decoding import DECODE_METHODS, EOS_ID
 from fiat_t5x.models.lora import PROJECTION_NAMES, LoraConfig, target_matches
 from fiat_t5x.models.losses import (
     compute_weighted_cross_entropy,
@@ -32,8 +33,6 @@ from fiat_t5x.models.network import Transformer
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Mapping[str, Any]
-EOS_ID = 1
-DECODE_METHODS = ("greedy", "sample", "beam")
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +41,12 @@ def _dummy_batch(encoder_length: int, decoder_length: int, batch_size: int = 1) 
     enc = jnp.ones((batch_size, encoder_length), jnp.int32)
     dec = jnp.ones((batch_size, decoder_length), jnp.int32)
     return {"encoder_input_tokens": enc, "decoder_input_tokens": dec, "decoder_target_tokens": dec}
+
+
+def _unbox(tree: Any) -> Any:
+    """The plain values of flax's partitioned boxes, without the sharding constraints that
+    `meta.unbox` adds under a mesh (placement is the partitioner's, via out_shardings)."""
+    return meta.map_axis_meta(lambda box: _unbox(box.unbox(apply_constraint=False)), tree)
 
 
 def _network_inputs(batch: Batch) -> dict[str, Array | None]:
@@ -124,7 +129,7 @@ class EncoderDecoderModel:
             return
         paths = [
             k[: -len("/kernel")]
-            for k in traverse_util.flatten_dict(meta.unbox(boxed), sep="/")
+            for k in traverse_util.flatten_dict(_unbox(boxed), sep="/")
             if k.endswith("/kernel") and k.split("/")[-2] in PROJECTION_NAMES
         ]
         for target in self.lora.targets:
@@ -134,15 +139,52 @@ class EncoderDecoderModel:
                     f"model; projections look like {paths[:3]} (names: {PROJECTION_NAMES})"
                 )
 
-    def init_params(self, rng: Array, *, encoder_length: int = 8, decoder_length: int = 8) -> dict:
-        """Fresh parameters: a plain nested dict of arrays in `config.param_dtype`."""
+    def initializer(
+        self,
+        paths: Collection[str] | None = None,
+        *,
+        encoder_length: int = 8,
+        decoder_length: int = 8,
+    ) -> Callable[[Array], dict]:
+        """A pure function `rng -> params` (nested dict in `config.param_dtype`), restricted to
+        the '/'-joined `paths` when given (e.g. the LoRA factors a base checkpoint lacks).
+
+        Jit it with `out_shardings` to create the parameters already sharded. Every leaf draws
+        from its own flax rng stream, so a subset has exactly the values of the full init; and
+        since nothing else is returned, XLA drops the other parameters and the dummy forward
+        pass from the compiled function (its memory is the subset's; see the start-up tests).
+        """
         self._boxed_shapes()
-        init = jax.jit(
-            functools.partial(
-                self._init_variables, encoder_length=encoder_length, decoder_length=decoder_length
+        wanted = None if paths is None else sorted(paths)
+        if wanted is not None:
+            unknown = sorted(
+                set(wanted) - set(traverse_util.flatten_dict(self.param_shapes(), sep="/"))
             )
-        )
-        return nn.meta.unbox(init(rng))
+            if unknown:
+                raise KeyError(f"the model has no parameters {unknown[:5]}")
+
+        def init(rng: Array) -> dict:
+            params = _unbox(self._init_variables(rng, encoder_length, decoder_length))
+            if wanted is None:
+                return params
+            flat = traverse_util.flatten_dict(params, sep="/")
+            return traverse_util.unflatten_dict({k: flat[k] for k in wanted}, sep="/")
+
+        return init
+
+    def init_params(
+        self,
+        rng: Array,
+        *,
+        paths: Collection[str] | None = None,
+        shardings: Any = None,
+        encoder_length: int = 8,
+        decoder_length: int = 8,
+    ) -> dict:
+        """Fresh parameters (all, or only `paths`): a plain nested dict of arrays in
+        `config.param_dtype`, placed with `shardings` (a matching tree) when given."""
+        init = self.initializer(paths, encoder_length=encoder_length, decoder_length=decoder_length)
+        return jax.jit(init, out_shardings=shardings)(rng)
 
     def logical_axes(self) -> dict:
         """The params tree with each leaf replaced by its tuple of logical axis names (no compile)."""
@@ -158,7 +200,7 @@ class EncoderDecoderModel:
 
     def param_shapes(self) -> dict:
         """The params tree of `jax.ShapeDtypeStruct`s (no compile)."""
-        return nn.meta.unbox(self._boxed_shapes())
+        return _unbox(self._boxed_shapes())
 
     # ----------------------------------------------------------------- forward
     def _deterministic(self, dropout_rng: Array | None) -> bool:

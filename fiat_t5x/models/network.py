@@ -5,6 +5,12 @@ Parameter names follow T5X's example network (`encoder/layers_0/attention/query/
 checkpoints load by name. Packed inputs (several examples per row) are handled by segment ids:
 attention is block-diagonal per segment, and relative positions come from the per-example
 positions when given.
+
+With `scan_layers` a stack's layers run under `nn.scan`: one layer body, parameters stacked under
+`encoder/layers/...` with a `layers` axis at `param_scan_axis` (T5X scalable_t5's layout; see
+`checkpoints/scanned.py`). With `remat_policy` each layer is rematerialised (`remat.py`). Layers
+take only what every layer shares (masks, positions, the shared relative-position table) and compute
+their attention bias themselves, so no [b, heads, q, k] tensor lives across the stack.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fiat_t5x.models import activation_axes as act
 from fiat_t5x.models.config import T5Config
 from fiat_t5x.models.layers import (
     DenseProjection,
@@ -24,11 +31,13 @@ from fiat_t5x.models.layers import (
     RelativePositionBias,
     RMSNorm,
     as_dtype,
-    attention_bias_from_mask,
+    relative_position_bias,
 )
 from fiat_t5x.models.lora import LoraConfig
+from fiat_t5x.models.remat import checkpoint_policy
 
 Array = jax.Array
+RESIDUAL_AXES = (act.BATCH, act.LENGTH, act.EMBED)
 
 
 def _positions(tokens: Array, positions: Array | None) -> Array:
@@ -49,10 +58,17 @@ def _pair_mask(
 
 
 class _Block(nn.Module):
-    """Shared attributes of the encoder and decoder stacks."""
+    """Shared attributes of the stacks and their layers.
+
+    `stack_depth` is set on a layer that runs inside a scanned stack of that many layers (LoRA
+    targets are then matched against every layer's path); `scanned` makes `__call__` return
+    `(x, None)`, the (carry, output) pair `nn.scan` expects.
+    """
 
     config: T5Config
     lora: LoraConfig | None = None
+    stack_depth: int | None = None
+    scanned: bool = False
 
     @property
     def dtype(self) -> Any:
@@ -77,7 +93,10 @@ class _Block(nn.Module):
             head_dim=c.head_dim,
             dropout_rate=c.dropout_rate,
             float32_logits=c.float32_attention_logits,
+            fused=c.fused_attention,
             lora=self.lora,
+            stack_depth=self.stack_depth,
+            custom_backward=c.custom_matmul_backward,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
@@ -90,6 +109,8 @@ class _Block(nn.Module):
             activations=c.mlp_activations,
             intermediate_dropout_rate=c.dropout_rate,
             lora=self.lora,
+            stack_depth=self.stack_depth,
+            custom_backward=c.custom_matmul_backward,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="mlp",
@@ -106,10 +127,70 @@ class _Block(nn.Module):
             name=name,
         )
 
+    def shared_relpos_table(self) -> Array | None:
+        """The stack's one bias table [heads, buckets] (T5), or None when each layer has its own."""
+        if self.config.per_layer_relpos_bias:
+            return None
+        return self.relpos().table()
+
+    def position_bias(
+        self, q_pos: Array, k_pos: Array, shared_table: Array | None, *, bidirectional: bool
+    ) -> Array:
+        """This layer's relative position bias [b|1, heads, q, k] (umT5: from its own table)."""
+        if shared_table is None:
+            return self.relpos()(q_pos, k_pos, bidirectional=bidirectional)
+        return relative_position_bias(
+            shared_table,
+            q_pos,
+            k_pos,
+            bidirectional=bidirectional,
+            max_distance=self.config.relative_attention_max_distance,
+            dtype=self.dtype,
+        )
+
     def dropout(self, x: Array, deterministic: bool) -> Array:
         return nn.Dropout(rate=self.config.dropout_rate, broadcast_dims=(-2,))(
             x, deterministic=deterministic
         )
+
+    def residual(self, x: Array, h: Array, deterministic: bool) -> Array:
+        """x + dropout(h): a block boundary, [b, l, embed] constrained to the residual axes."""
+        return act.constrain(x + self.dropout(h, deterministic), RESIDUAL_AXES)
+
+    def run_layers(
+        self, layer: type[_Block], num_layers: int, x: Array, *args: Any, deterministic: bool
+    ) -> Array:
+        """`num_layers` layers of class `layer` on x [b, l, embed]: unrolled as `layers_{i}`, or
+        one `nn.scan` as `layers`; each under `nn.remat` when `remat_policy` is not "none".
+
+        `args` are what every layer shares (broadcast to every scan step); `deterministic` is
+        static for remat (it decides whether dropout runs).
+        """
+        c = self.config
+        cls = layer
+        if c.remat_policy != "none":
+            cls = nn.remat(
+                cls,
+                policy=checkpoint_policy(c.remat_policy),
+                prevent_cse=not c.scan_layers,
+                static_argnums=(len(args) + 2,),  # self, x, *args, deterministic
+            )
+        if not c.scan_layers:
+            for i in range(num_layers):
+                x = cls(c, self.lora, name=f"layers_{i}")(x, *args, deterministic)
+            return x
+        scan = nn.scan(
+            cls,
+            variable_axes={"params": c.param_scan_axis, "cache": 1, "intermediates": 1},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * (len(args) + 1),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scan(c, self.lora, stack_depth=num_layers, scanned=True, name="layers")(
+            x, *args, deterministic
+        )
+        return x
 
 
 class EncoderLayer(_Block):
@@ -119,22 +200,21 @@ class EncoderLayer(_Block):
     def __call__(
         self,
         x: Array,
-        mask_bias: Array,
-        q_pos: Array,
-        shared_relpos: Array | None,
-        *,
+        mask: Array,
+        positions: Array,
+        shared_table: Array | None,
         deterministic: bool,
-    ) -> Array:
-        if self.config.per_layer_relpos_bias:
-            pos_bias = self.relpos()(q_pos, q_pos, bidirectional=True)
-        else:
-            pos_bias = shared_relpos
+    ) -> Array | tuple[Array, None]:
+        """x [b, l, embed], mask bool [b, 1, l, l], positions [b|1, l] -> [b, l, embed]."""
+        x = act.constrain(x, RESIDUAL_AXES)
+        bias = self.position_bias(positions, positions, shared_table, bidirectional=True)
         h = self.norm("pre_attention_layer_norm")(x)
-        h = self.attention("attention")(h, h, mask_bias + pos_bias, deterministic=deterministic)
-        x = x + self.dropout(h, deterministic)
+        h = self.attention("attention")(h, h, mask, bias, deterministic=deterministic)
+        x = self.residual(x, h, deterministic)
         h = self.norm("pre_mlp_layer_norm")(x)
         h = self.mlp()(h, deterministic=deterministic)
-        return x + self.dropout(h, deterministic)
+        x = self.residual(x, h, deterministic)
+        return (x, None) if self.scanned else x
 
 
 class Encoder(_Block):
@@ -152,19 +232,19 @@ class Encoder(_Block):
         deterministic: bool = True,
     ) -> Array:
         pos = _positions(tokens, positions)
-        mask_bias = attention_bias_from_mask(
-            _pair_mask(tokens, tokens, segment_ids, segment_ids), self.dtype
-        )
-        shared_relpos = None
-        if not self.config.per_layer_relpos_bias:
-            shared_relpos = self.relpos()(pos, pos, bidirectional=True)
+        mask = _pair_mask(tokens, tokens, segment_ids, segment_ids)
         x = self.dropout(self.shared_embedding(tokens), deterministic)
-        for i in range(self.config.num_encoder_layers):
-            x = EncoderLayer(self.config, self.lora, name=f"layers_{i}")(
-                x, mask_bias, pos, shared_relpos, deterministic=deterministic
-            )
+        x = self.run_layers(
+            EncoderLayer,
+            self.config.num_encoder_layers,
+            x,
+            mask,
+            pos,
+            self.shared_relpos_table(),
+            deterministic=deterministic,
+        )
         x = self.norm("encoder_norm")(x)
-        return self.dropout(x, deterministic)
+        return act.constrain(self.dropout(x, deterministic), RESIDUAL_AXES)
 
 
 class DecoderLayer(_Block):
@@ -175,33 +255,31 @@ class DecoderLayer(_Block):
         self,
         x: Array,
         encoded: Array,
-        self_bias: Array,
-        cross_bias: Array | None,
+        self_mask: Array,
+        cross_mask: Array,
         q_pos: Array,
         k_pos: Array,
-        shared_relpos: Array | None,
-        *,
-        deterministic: bool,
+        shared_table: Array | None,
         decode_index: Array | None,
-    ) -> Array:
-        if self.config.per_layer_relpos_bias:
-            pos_bias = self.relpos()(q_pos, k_pos, bidirectional=False)
-        else:
-            pos_bias = shared_relpos
-        decoding = decode_index is not None
+        deterministic: bool,
+    ) -> Array | tuple[Array, None]:
+        """x [b, l, embed], encoded [b, s, embed], masks bool [b|1, 1, l, l|s] -> [b, l, embed]."""
+        x = act.constrain(x, RESIDUAL_AXES)
+        bias = self.position_bias(q_pos, k_pos, shared_table, bidirectional=False)
         h = self.norm("pre_self_attention_layer_norm")(x)
         h = self.attention("self_attention")(
-            h, h, self_bias + pos_bias, deterministic=deterministic, decode_index=decode_index
+            h, h, self_mask, bias, deterministic=deterministic, decode_index=decode_index
         )
-        x = x + self.dropout(h, deterministic)
+        x = self.residual(x, h, deterministic)
         h = self.norm("pre_cross_attention_layer_norm")(x)
         h = self.attention("encoder_decoder_attention")(
-            h, encoded, cross_bias, deterministic=deterministic, cache_kv=decoding
+            h, encoded, cross_mask, deterministic=deterministic, cache_kv=decode_index is not None
         )
-        x = x + self.dropout(h, deterministic)
+        x = self.residual(x, h, deterministic)
         h = self.norm("pre_mlp_layer_norm")(x)
         h = self.mlp()(h, deterministic=deterministic)
-        return x + self.dropout(h, deterministic)
+        x = self.residual(x, h, deterministic)
+        return (x, None) if self.scanned else x
 
 
 class Decoder(_Block):
@@ -210,6 +288,8 @@ class Decoder(_Block):
     With `decode=True` the decoder runs from the flax "cache" collection: the first (initialising)
     call, with full-length inputs, only allocates the caches and projects the encoder outputs for
     cross-attention; later calls take one token [b, 1] at position `cache/decode_position`.
+    Scanned, a layer cache leaf is stacked on axis 1 ([b, layers, ...]), so the batch stays axis 0
+    for beam search's reordering.
     """
 
     shared_embedding: nn.Module | None = None
@@ -258,25 +338,21 @@ class Decoder(_Block):
             cross_mask = _pair_mask(
                 real.astype(jnp.int32), encoder_tokens, segment_ids, encoder_segment_ids
             )
-        self_bias = attention_bias_from_mask(self_mask, self.dtype)
-        cross_bias = attention_bias_from_mask(cross_mask, self.dtype)
-        shared_relpos = None
-        if not c.per_layer_relpos_bias:
-            shared_relpos = self.relpos()(q_pos, k_pos, bidirectional=False)
 
         x = self.dropout(self.shared_embedding(tokens), deterministic)
-        for i in range(c.num_decoder_layers):
-            x = DecoderLayer(c, self.lora, name=f"layers_{i}")(
-                x,
-                encoded,
-                self_bias,
-                cross_bias,
-                q_pos,
-                k_pos,
-                shared_relpos,
-                deterministic=deterministic,
-                decode_index=decode_index,
-            )
+        x = self.run_layers(
+            DecoderLayer,
+            c.num_decoder_layers,
+            x,
+            encoded,
+            self_mask,
+            cross_mask,
+            q_pos,
+            k_pos,
+            self.shared_relpos_table(),
+            decode_index,
+            deterministic=deterministic,
+        )
         x = self.norm("decoder_norm")(x)
         x = self.dropout(x, deterministic)
         if c.logits_via_embedding:
@@ -287,10 +363,12 @@ class Decoder(_Block):
                 ("embed", "vocab"),
                 kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
                 lora=None,
+                custom_backward=c.custom_matmul_backward,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="logits_dense",
             )(x)
+        logits = act.constrain(logits, (act.BATCH, act.LENGTH, act.VOCAB))
         return logits.astype(jnp.float32)
 
 

@@ -56,3 +56,10 @@ def bench_medium(**overrides: Any) -> T5Config:
         num_decoder_layers=6,
     )
     return dataclasses.replace(config, **overrides)
+
+
+def flan_t5_small(**overrides: Any) -> T5Config:
+    """Flan-T5 small's architecture (gin/models/flan_t5/small.gin) in fp32: vocab 32128, emb
+    512, 6 heads x 64, mlp 1024, 8+8 layers; 77M parameters (bench/startup_memory.py)."""
+    config = tiny(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024)
+    return dataclasses.replace(config, num_encoder_layers=8, num_decoder_layers=8, **overrides)

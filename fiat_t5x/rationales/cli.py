@@ -1,390 +1,210 @@
-"""`fiat-t5x rationales generate|status`: run β over a task split into a store, or inspect a store.
+"""`fiat-t5x rationales generate|status`: β's rationales for a task's splits into a store; a
+store's counts.
 
-    fiat-t5x rationales generate --gin_file gin/runs/rationales.gin \\
-        --gin_bindings "TASK='fiat_demo'" --gin_bindings "STORE_DIR='/tmp/rationales'" ...
-    fiat-t5x rationales generate --store /tmp/r --task demo --split train --input train.jsonl \\
+    # the dataset's gin file, as for training (RATIONALE_STORE, BASE_TASK, Iβ, BETA)
+    fiat-t5x rationales generate --gin_file=gin/fiat/xor_attriqa.gin \\
+        --gin.RATIONALE_STORE="'/data/rationales/xor'" \\
+        --gin.BETA_BASE_URL="'http://HOST:8000/v1'" --gin.BETA_MODEL="'MODEL'"
+    # or plain flags for a JSONL file and an OpenAI-compatible server
+    fiat-t5x rationales generate --store /tmp/r --task toy --split train --input train.jsonl \\
         --prompts ibeta.yaml --base_url http://127.0.0.1:8000/v1 --model my-model
     fiat-t5x rationales status --store /tmp/r
 
-Gin configures `rationale_job`; a plain flag, when given, overrides the gin value of the same
-parameter. The API key is never a flag or a gin value: only the NAME of the environment variable
-that holds it (`--api_key_env`).
+`gin/runs/rationales.gin` is always read first (it binds the job to the macros); without a
+--gin_file, `gin/fiat/beta/openai.gin` (β = an OpenAI-compatible server) is read too. Each
+plain flag is a gin binding applied last (see FLAG_BINDINGS). The API key is never a flag or
+a gin value: only the NAME of the environment variable holding it (--api_key_env).
+
+Exit status: 0 every example settled, 3 finished but some examples failed (rerun to retry the
+retryable ones), 2 a configuration error (one line on stderr, nothing sent), 130 interrupted
+(rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import importlib
-import inspect
 import json
 import logging
-import pathlib
 import signal
 import sys
-import urllib.parse
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import gin
-from fiat_t5x.rationales.generate import Example, JobSummary
-from fiat_t5x.rationales.providers.base import Provider
+from fiat_t5x.training import gin_cli
+from fiat_t5x.training.gin_cli import UsageError
 
 logger = logging.getLogger(__name__)
 
-# rationale_job parameter -> (flag, argparse kwargs). Defaults live in rationale_job's signature.
-_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "store_dir": ("--store", {"help": "store directory (created if missing)"}),
-    "task": ("--task", {"help": "task name: the store key, and the SeqIO task when no --input"}),
-    "split": ("--split", {"help": "split name (store key; SeqIO split when no --input)"}),
-    "prompts_file": ("--prompts", {"help": "Iβ file (YAML/JSON)"}),
-    "prompt_task": ("--prompt_task", {"help": "entry of the Iβ file (default: --task)"}),
-    "input_jsonl": ("--input", {"help": "JSONL examples (default: the SeqIO task split)"}),
-    "id_field": ("--id_field", {"help": "example id field (default 'id')"}),
-    "import_modules": (
-        "--module",
+EXIT_FAILURES = 3
+EXIT_INTERRUPTED = 130
+JOB_GIN = "runs/rationales.gin"
+DEFAULT_BETA_GIN = "fiat/beta/openai.gin"
+# Macros the job cannot run without (gin/runs/rationales.gin reads them).
+REQUIRED_MACROS = ("RATIONALE_STORE", "BASE_TASK", "IBETA_FILE", "BETA")
+
+
+def _q(value: Any) -> str:
+    return repr(value)
+
+
+# flag -> (argparse options, the gin bindings it stands for given the parsed args)
+FLAG_BINDINGS: dict[str, tuple[dict[str, Any], Callable[[Any, argparse.Namespace], list[str]]]] = {
+    "--store": (
+        {"help": "store directory (RATIONALE_STORE)"},
+        lambda v, a: [f"RATIONALE_STORE = {_q(v)}"],
+    ),
+    "--task": (
+        {"help": "task: the store key, and the SeqIO task when no --input (BASE_TASK)"},
+        lambda v, a: [f"BASE_TASK = {_q(v)}"],
+    ),
+    "--split": (
+        {"action": "append", "help": "split to generate; repeatable (RATIONALE_SPLITS)"},
+        lambda v, a: [f"RATIONALE_SPLITS = {_q(list(v))}"],
+    ),
+    "--input": (
+        {"help": "JSONL examples for the one --split (default: the SeqIO task's split)"},
+        lambda v, a: [f"job.RationaleJob.input_files = {_q({(a.split or ['train'])[0]: v})}"],
+    ),
+    "--prompts": (
+        {"help": "Iβ file, YAML/JSON (IBETA_FILE)"},
+        lambda v, a: [f"IBETA_FILE = {_q(v)}"],
+    ),
+    "--prompt_task": (
+        {"help": "entry of the Iβ file (IBETA_TASK; default: --task)"},
+        lambda v, a: [f"IBETA_TASK = {_q(v)}"],
+    ),
+    "--module": (
         {"action": "append", "help": "module to import first (e.g. fiat_tasks.demo); repeatable"},
+        lambda v, a: [f"job.RationaleJob.import_modules = {_q(list(v))}"],
     ),
-    "limit": ("--limit", {"type": int, "help": "only the first N examples"}),
-    "provider": ("--provider", {"choices": ["openai", "replay", "local"]}),
-    "base_url": ("--base_url", {"help": "OpenAI-compatible API root, e.g. http://host:8000/v1"}),
-    "model": ("--model", {"help": "β's model name (server model / replay label / local name)"}),
-    "endpoint": ("--endpoint", {"choices": ["chat", "completions"]}),
-    "api_key_env": ("--api_key_env", {"help": "NAME of the env var holding the key ('' = none)"}),
-    "temperature": ("--temperature", {"type": float}),
-    "max_tokens": ("--max_tokens", {"type": int}),
-    "stop": ("--stop", {"action": "append", "help": "stop sequence; repeatable"}),
-    "system_prompt": ("--system_prompt", {}),
-    "timeout_s": ("--timeout_s", {"type": float}),
-    "concurrency": ("--concurrency", {"type": int}),
-    "max_attempts": ("--max_attempts", {"type": int}),
-    "backoff_initial_s": ("--backoff_initial_s", {"type": float}),
-    "backoff_max_s": ("--backoff_max_s", {"type": float}),
-    "replay_file": ("--replay_file", {"help": "JSONL of id + rationale (provider=replay)"}),
-    "replay_text_field": ("--replay_text_field", {}),
-    "checkpoint": ("--checkpoint", {"help": "T5X checkpoint directory (provider=local)"}),
-    "vocabulary": (
-        "--vocabulary",
-        {"help": "'byte' or a SentencePiece model path (provider=local)"},
+    "--id_field": (
+        {"help": "example id field (default 'id')"},
+        lambda v, a: [f"job.RationaleJob.id_field = {_q(v)}"],
     ),
-    "batch_size": ("--batch_size", {"type": int}),
-    "max_input_length": ("--max_input_length", {"type": int}),
-    "retry_failed": (
-        "--retry_failed",
-        {"action": "store_const", "const": True, "help": "retry permanent failures too"},
+    "--limit": (
+        {"type": int, "help": "only the first N examples of each split"},
+        lambda v, a: [f"job.RationaleJob.limit = {v}"],
     ),
-    "progress": (
-        "--no_progress",
-        {"action": "store_const", "const": False, "help": "no progress bar"},
+    "--retry_failed": (
+        {"action": "store_true", "default": None, "help": "ask again for permanent failures too"},
+        lambda v, a: ["job.RationaleJob.retry_failed = True"],
+    ),
+    "--no_progress": (
+        {"action": "store_true", "default": None, "help": "no progress bar"},
+        lambda v, a: ["job.RationaleJob.progress = False"],
+    ),
+    "--base_url": (
+        {"help": "OpenAI-compatible API root, e.g. http://host:8000/v1 (BETA_BASE_URL)"},
+        lambda v, a: [f"BETA_BASE_URL = {_q(v)}"],
+    ),
+    "--model": (
+        {"help": "β's model name on the server (BETA_MODEL)"},
+        lambda v, a: [f"BETA_MODEL = {_q(v)}"],
+    ),
+    "--api_key_env": (
+        {"help": "NAME of the env var holding the key, '' for none (BETA_API_KEY_ENV)"},
+        lambda v, a: [f"BETA_API_KEY_ENV = {_q(v)}"],
+    ),
+    "--concurrency": (
+        {"type": int, "help": "requests in flight at most (OpenAIProvider.concurrency)"},
+        lambda v, a: [f"openai_http.OpenAIProvider.concurrency = {v}"],
     ),
 }
 
 
-# Macros of gin/runs/rationales.gin that a flag also sets, so `--model X` satisfies
-# `BETA_MODEL = %gin.REQUIRED` when that gin file is used.
-_MACROS = {
-    "task": "TASK",
-    "split": "SPLIT",
-    "store_dir": "STORE_DIR",
-    "prompts_file": "IBETA_FILE",
-    "model": "BETA_MODEL",
-    "base_url": "BETA_BASE_URL",
-    "api_key_env": "BETA_API_KEY_ENV",
-}
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
 
 
-def _public_url(url: str | None) -> str | None:
-    """The URL without credentials or query string (some APIs take the key as ?key=...)."""
-    if not url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fiat-t5x rationales generate",
+        description="β's rationales for a task's splits, into a store. "
+        "Also takes --gin_file=FILE, --gin.NAME=VALUE and --gin_search_paths=DIRS.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every retry")
+    for flag, (options, _) in FLAG_BINDINGS.items():
+        parser.add_argument(flag, dest=flag[2:], **options)
+    return parser
 
 
-def read_examples(
-    *,
-    task: str,
-    split: str,
-    input_jsonl: str | None,
-    id_field: str,
-    limit: int | None,
-) -> list[Example]:
-    """Examples from a JSONL file (ids as strings), or from a registered SeqIO task's source."""
-    if input_jsonl:
-        from fiat_t5x.data.sources import read_jsonl
-
-        records = read_jsonl(input_jsonl, required=(id_field,), non_empty=(id_field,))
-        examples = [Example(str(r[id_field]), dict(r.fields)) for r in records]
-    else:
-        examples = _seqio_examples(task, split, id_field, limit)
-    return examples[:limit] if limit is not None else examples
+def flag_bindings(args: argparse.Namespace) -> list[str]:
+    """The gin bindings the given plain flags stand for (applied after every gin file)."""
+    bindings = []
+    for flag, (_, binding) in FLAG_BINDINGS.items():
+        value = getattr(args, flag[2:])
+        if value is not None:
+            bindings += binding(value, args)
+    if args.input is not None and args.split is None:
+        bindings.append("RATIONALE_SPLITS = ['train']")
+    if args.task is not None and args.prompt_task is None:
+        bindings.append(f"IBETA_TASK = {_q(args.task)}")
+    if args.input is not None and args.split is not None and len(args.split) != 1:
+        raise UsageError("--input is the examples of one split: give exactly one --split")
+    return bindings
 
 
-def _seqio_examples(task: str, split: str, id_field: str, limit: int | None) -> list[Example]:
-    """The raw (pre-preprocessor) examples of a SeqIO task: Iβ reads the source's fields."""
-    import seqio
+def gin_argv(rest: Sequence[str], bindings: Sequence[str]) -> list[str]:
+    """gin_cli arguments: the job's gin file first, the user's, then the flags' bindings."""
+    user_files = any(a.startswith("--gin_file") for a in rest)
+    files = [f"--gin_file={JOB_GIN}"] + ([] if user_files else [f"--gin_file={DEFAULT_BETA_GIN}"])
+    return [*files, *rest, *(f"--gin_bindings={b}" for b in bindings)]
 
+
+def _model_dir() -> str | None:
+    """MODEL_DIR when gin sets it (a sweep step): β's counts then go to its metrics.jsonl."""
     try:
-        seqio_task = seqio.get_mixture_or_task(task)
-    except ValueError as e:
-        raise ValueError(
-            f"{task!r} is not a registered SeqIO task; pass --module to import its registration "
-            "or --input with a JSONL file"
-        ) from e
-    dataset = seqio_task.source.get_dataset(split=split, shuffle=False)
-    if limit is not None:
-        dataset = dataset.take(limit)
-    examples = []
-    for i, raw in enumerate(dataset.as_numpy_iterator()):
-        fields = {k: _to_python(v) for k, v in raw.items()}
-        if id_field not in fields:
-            raise ValueError(
-                f"SeqIO task {task!r} split {split!r} example {i} has no field {id_field!r} "
-                f"(fields: {sorted(fields)}); pass --id_field"
-            )
-        examples.append(Example(str(fields[id_field]), fields))
-    return examples
-
-
-def _to_python(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, list):
-        return [_to_python(v) for v in value]
-    return value
-
-
-def build_provider(
-    *,
-    provider: str,
-    model: str,
-    base_url: str | None,
-    endpoint: str,
-    api_key_env: str | None,
-    temperature: float,
-    max_tokens: int,
-    stop: tuple[str, ...],
-    system_prompt: str | None,
-    timeout_s: float,
-    concurrency: int,
-    max_attempts: int,
-    backoff_initial_s: float,
-    backoff_max_s: float,
-    replay_file: str | None,
-    replay_text_field: str,
-    id_field: str,
-    checkpoint: str | None,
-    vocabulary: str | None,
-    batch_size: int,
-    max_input_length: int,
-) -> Provider:
-    if provider == "openai":
-        from fiat_t5x.rationales.providers.openai_http import OpenAIConfig, OpenAIProvider
-
-        if not base_url:
-            raise ValueError("provider=openai needs --base_url (rationale_job.base_url)")
-        config = OpenAIConfig(
-            base_url=base_url,
-            model=model,
-            endpoint=endpoint,
-            api_key_env=api_key_env,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            stop=tuple(stop),
-            system_prompt=system_prompt,
-            timeout_s=timeout_s,
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-            backoff_initial_s=backoff_initial_s,
-            backoff_max_s=backoff_max_s,
-        )
-        return OpenAIProvider(config)
-    if provider == "replay":
-        from fiat_t5x.rationales.providers.replay import ReplayConfig, ReplayProvider
-
-        if not replay_file:
-            raise ValueError("provider=replay needs --replay_file (rationale_job.replay_file)")
-        return ReplayProvider(
-            ReplayConfig(replay_file, model=model, id_field=id_field, text_field=replay_text_field)
-        )
-    if provider == "local":
-        return _local_provider(
-            checkpoint=checkpoint,
-            vocabulary=vocabulary,
-            model=model,
-            batch_size=batch_size,
-            max_input_length=max_input_length,
-            max_tokens=max_tokens,
-            temperature=temperature,
-        )
-    raise ValueError(f"unknown provider {provider!r}; use openai, replay or local")
-
-
-def _local_provider(
-    *,
-    checkpoint: str | None,
-    vocabulary: str | None,
-    model: str,
-    batch_size: int,
-    max_input_length: int,
-    max_tokens: int,
-    temperature: float,
-) -> Provider:
-    if not checkpoint or not vocabulary:
-        raise ValueError("provider=local needs --checkpoint (a T5X checkpoint) and --vocabulary")
-    import seqio
-
-    from fiat_t5x.models.checkpoints.layout import infer_config
-    from fiat_t5x.models.checkpoints.t5x import load_t5x_params
-    from fiat_t5x.models.model import EncoderDecoderModel
-    from fiat_t5x.rationales.providers.local_t5 import LocalDecoding, LocalT5Provider
-
-    params = load_t5x_params(checkpoint)
-    t5 = EncoderDecoderModel(infer_config(params))
-    vocab = (
-        seqio.ByteVocabulary()
-        if vocabulary == "byte"
-        else seqio.SentencePieceVocabulary(vocabulary)
-    )
-    decoding = LocalDecoding(
-        batch_size=batch_size,
-        max_input_length=max_input_length,
-        max_decode_length=max_tokens,
-        method="greedy" if temperature == 0 else "sample",
-        temperature=temperature,
-    )
-    return LocalT5Provider(t5, params, vocab, model_name=model, decoding=decoding)
-
-
-@gin.configurable
-def rationale_job(
-    *,
-    store_dir: str,
-    task: str,
-    prompts_file: str,
-    model: str,
-    split: str = "train",
-    prompt_task: str | None = None,
-    input_jsonl: str | None = None,
-    id_field: str = "id",
-    import_modules: tuple[str, ...] = (),
-    limit: int | None = None,
-    provider: str = "openai",
-    base_url: str | None = None,
-    endpoint: str = "chat",
-    api_key_env: str | None = "OPENAI_API_KEY",
-    temperature: float = 0.0,
-    max_tokens: int = 256,
-    stop: tuple[str, ...] = (),
-    system_prompt: str | None = None,
-    timeout_s: float = 60.0,
-    concurrency: int = 8,
-    max_attempts: int = 6,
-    backoff_initial_s: float = 1.0,
-    backoff_max_s: float = 60.0,
-    replay_file: str | None = None,
-    replay_text_field: str = "rationale",
-    checkpoint: str | None = None,
-    vocabulary: str | None = None,
-    batch_size: int = 8,
-    max_input_length: int = 1024,
-    retry_failed: bool = False,
-    progress: bool = True,
-) -> JobSummary:
-    """Generates β's rationales for one task split into `store_dir` (see the module docstring)."""
-    from fiat_t5x.rationales.generate import generate_rationales, identity_for
-    from fiat_t5x.rationales.prompts import load_prompt
-    from fiat_t5x.rationales.store import RationaleStore
-
-    settings = dict(locals())
-    missing = [name for name, value in settings.items() if value is gin.REQUIRED]
-    if missing:
-        flags = ", ".join(f"{_FLAGS[m][0]} (rationale_job.{m})" for m in missing)
-        raise ValueError(f"rationale_job: required values not set: {flags}")
-    for name in import_modules:
-        importlib.import_module(name)
-    prompt = load_prompt(prompts_file, prompt_task or task)
-    examples = read_examples(
-        task=task, split=split, input_jsonl=input_jsonl, id_field=id_field, limit=limit
-    )
-    # build_provider's parameters are a subset of this function's, under the same names.
-    provider_args = {name: settings[name] for name in inspect.signature(build_provider).parameters}
-    beta = build_provider(**{**provider_args, "stop": tuple(stop)})
-    with beta, RationaleStore.open_for_writing(store_dir, identity_for(beta, prompt)) as store:
-        saved = {**settings, "base_url": _public_url(base_url), "stop": list(stop)}
-        saved["import_modules"] = list(import_modules)
-        store.write_job_config({"rationale_job": saved, "gin": gin.operative_config_str()})
-        return generate_rationales(
-            examples,
-            task=task,
-            split=split,
-            prompt=prompt,
-            provider=beta,
-            store=store,
-            retry_failed=retry_failed,
-            progress=progress,
-        )
+        value = gin.query_parameter("%MODEL_DIR")
+    except ValueError:
+        return None
+    return None if gin_cli.is_required(value) or not value else str(value)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def generate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="fiat-t5x rationales generate", description="β's rationales for a task split."
-    )
-    parser.add_argument("--gin_file", action="append", default=[], help="gin file; repeatable")
-    parser.add_argument("--gin_bindings", action="append", default=[], help="gin binding")
-    parser.add_argument("--verbose", action="store_true", help="log every retry")
-    for dest, (flag, kwargs) in _FLAGS.items():
-        parser.add_argument(flag, dest=dest, default=None, **kwargs)
-    args = parser.parse_args(argv)
+def generate_main(argv: Sequence[str]) -> int:
+    from fiat_t5x.rationales import job as job_lib
+
+    parser = _parser()
+    try:
+        args, rest = parser.parse_known_args(list(argv))
+        gin_args = gin_argv(rest, flag_bindings(args))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    repo_gin = pathlib.Path(__file__).resolve().parents[2] / "gin"
-    gin.add_config_file_search_path(str(repo_gin.parent))
-    overrides = {dest: getattr(args, dest) for dest in _FLAGS if getattr(args, dest) is not None}
-    macros = [f"{_MACROS[k]} = {v!r}" for k, v in overrides.items() if k in _MACROS]
-    try:
-        gin.parse_config_files_and_bindings(args.gin_file, [*args.gin_bindings, *macros])
-    except (ValueError, OSError) as e:
-        hint = ", ".join(f"{flag_macro} ({_FLAGS[k][0]})" for k, flag_macro in _MACROS.items())
-        print(
-            f"fiat-t5x rationales generate: gin: {e}\nSet required macros with --gin_bindings "
-            f"\"NAME='value'\" or with the matching flag: {hint}",
-            file=sys.stderr,
-        )
-        return 1
-    for name in ("stop", "import_modules"):
-        if name in overrides:
-            overrides[name] = tuple(overrides[name])
+    outcome: dict[str, int] = {}
+
+    def body() -> None:
+        job = gin_cli.configured(job_lib.RationaleJob)()
+        summaries = job_lib.run_job(job, gin_config=gin.operative_config_str())
+        for summary in summaries:
+            print(summary.describe())
+        model_dir = _model_dir()
+        if model_dir:
+            job_lib.write_job_metrics(model_dir, summaries)
+        failed = sum(s.failed_permanent + s.failed_transient for s in summaries)
+        outcome["code"] = EXIT_FAILURES if failed else 0
+
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:
         with logging_redirect_tqdm():
-            summary = rationale_job(**overrides)
+            status = gin_cli.run_main(gin_args, body, REQUIRED_MACROS, parser.format_usage())
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except TypeError as e:
-        if "missing" not in str(e):
-            raise
-        names = [n for n in ("store_dir", "task", "prompts_file", "model") if n in str(e)]
-        flags = ", ".join(_FLAGS[n][0] for n in names) or str(e)
-        print(f"fiat-t5x rationales generate: missing {flags}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:
-        print(f"fiat-t5x rationales generate: {e}", file=sys.stderr)
-        return 1
-    print(summary.describe())
-    return 0 if summary.failed_permanent + summary.failed_transient == 0 else 3
+        return EXIT_INTERRUPTED
+    return status or outcome.get("code", 0)
 
 
 def store_status(store_dir: str) -> dict[str, Any]:
@@ -418,16 +238,16 @@ def store_status(store_dir: str) -> dict[str, Any]:
     }
 
 
-def status_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fiat-t5x rationales status")
+def status_main(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="fiat-t5x rationales status")
     parser.add_argument("--store", required=True, help="store directory")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(list(argv))
         status = store_status(args.store)
-    except (ValueError, OSError) as e:
-        print(f"fiat-t5x rationales status: {e}", file=sys.stderr)
-        return 1
+    except (UsageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
@@ -449,7 +269,7 @@ def status_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     commands = {"generate": generate_main, "status": status_main}
     usage = "usage: fiat-t5x rationales {generate,status} [--help]"
     if argv and argv[0] in ("-h", "--help"):

@@ -7,8 +7,10 @@
 Examples already settled in the store (a rationale, or a permanent failure unless
 `retry_failed`) are skipped, so rerunning a killed job asks β only for what is missing. This
 thread is the store's only writer: outcomes are appended (and fsynced) as they arrive, in
-completion order, a group of simultaneous ones per fsync, so at most the requests in flight at a
-crash are lost, and they are asked again on resume; none is stored twice.
+completion order, a group of simultaneous ones per fsync, and the provider sends new requests
+only after the previous group is on disk. A crash therefore loses at most the provider's
+`max_unsaved` requests (in flight, or answered and not yet saved: 1.5 × concurrency by default for HTTP),
+which are asked again on resume; none is stored twice.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fiat_t5x.rationales.store import (
     sha256_of,
     utc_now,
 )
+from fiat_t5x.training.gin_cli import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +96,20 @@ def check_unique_ids(examples: Sequence[Example], where: str) -> None:
             duplicates.append(example.example_id)
         seen.add(example.example_id)
     if duplicates:
-        raise ValueError(
+        raise UsageError(
             f"{where}: {len(duplicates)} duplicate example ids (first: {duplicates[:5]}); the store "
             "is keyed by id, so every example needs its own"
         )
+
+
+def check_renders(prompt: PromptSpec, examples: Iterable[Example], task: str, split: str) -> None:
+    """Renders Iβ for every example; the first one that cannot be rendered raises PromptError
+    naming its id (so a typo in Iβ stops a job before any request and before any store)."""
+    for example in examples:
+        try:
+            prompt.render(example.fields)
+        except PromptError as e:
+            raise PromptError(f"example id {example.example_id!r} of {task}/{split}: {e}") from None
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
@@ -153,11 +166,7 @@ def generate_rationales(
             summary.already_failed += 1
         else:
             pending.append(example)
-    for example in pending:  # a template error should stop the job before any request
-        try:
-            prompt.render(example.fields)
-        except PromptError as e:
-            raise PromptError(f"example id {example.example_id!r} of {task}/{split}: {e}") from None
+    check_renders(prompt, pending, task, split)  # a template error stops it before any request
     logger.info(
         "%s/%s: %d examples, %d settled, %d to generate with %s",
         task,

@@ -145,6 +145,20 @@ def _missing_message(
     )
 
 
+# Task name -> the join of its source, for every task `register_fiat_variants` registered:
+# what a run's start-up check (`run_checks.RationaleChecks`) looks up.
+_JOINS: dict[str, RationaleJoin] = {}
+
+
+def rationale_joins(mixture_or_task: str) -> list[RationaleJoin]:
+    """The rationale joins of the task, or of every task of the mixture (none: reads none)."""
+    task_or_mixture = seqio.get_mixture_or_task(mixture_or_task)
+    tasks = (
+        task_or_mixture.tasks if isinstance(task_or_mixture, seqio.Mixture) else [task_or_mixture]
+    )
+    return [_JOINS[t.name] for t in tasks if t.name in _JOINS]
+
+
 class RationaleJoin:
     """Adds each example's stored rationale as the `rationale` feature, per split.
 
@@ -154,6 +168,8 @@ class RationaleJoin:
       store_dir: a directory; a callable giving one when a dataset is built (the demo uses it
         to fill its store on first use); None asks `rationale_store()` (gin / env) then.
       on_missing: "error" (MissingRationaleError) or "skip" (drop the example, count it).
+      base_source: the source whose examples are joined (for `missing_ids` before a run).
+      splits: the splits it joins (None: every split; Distilled CoT joins only its train split).
     """
 
     def __init__(
@@ -162,6 +178,8 @@ class RationaleJoin:
         store_task: str,
         store_dir: str | Callable[[], str] | None,
         on_missing: str,
+        base_source: seqio.DataSource | None = None,
+        splits: Sequence[str] | None = None,
     ) -> None:
         if on_missing not in ON_MISSING:
             raise ValueError(f"on_missing={on_missing!r} must be one of {ON_MISSING}")
@@ -169,15 +187,40 @@ class RationaleJoin:
         self.store_task = store_task
         self.store_dir = store_dir
         self.on_missing = on_missing
+        self.base_source = base_source
+        self.splits = None if splits is None else tuple(splits)
         self.reports: dict[str, JoinReport] = {}
 
-    def texts(self, split: str) -> tuple[str, RationaleStore, dict[str, str]]:
+    def reads(self, split: str) -> bool:
+        """Whether datasets of `split` need rationales from this join."""
+        return self.splits is None or split in self.splits
+
+    def directory(self) -> str:
+        """The store this join reads."""
         if callable(self.store_dir):
-            directory = self.store_dir()
-        else:
-            directory = self.store_dir or rationale_store()
+            return self.store_dir()
+        return self.store_dir or rationale_store()
+
+    def texts(self, split: str) -> tuple[str, RationaleStore, dict[str, str]]:
+        directory = self.directory()
         store = RationaleStore.open_readonly(directory)
         return directory, store, store.texts(self.store_task, split)
+
+    def missing_ids(self, split: str, store: RationaleStore) -> tuple[list[str], int]:
+        """(ids of `split` without a rationale in `store`, examples in the split)."""
+        if self.base_source is None:
+            raise ValueError(f"{self.task}: RationaleJoin has no base_source to read ids from")
+        dataset = self.base_source.get_dataset(split=split, shuffle=False)
+        ids = [_decode(i) for i in dataset.map(lambda ex: ex["id"]).as_numpy_iterator()]
+        texts = store.texts(self.store_task, split)
+        return [i for i in ids if i not in texts], len(ids)
+
+    def missing_message(
+        self, split: str, store: RationaleStore, missing: list[str], total: int
+    ) -> str:
+        return _missing_message(
+            self.task, split, str(store.directory), store, self.store_task, missing, total
+        )
 
     def __call__(self, dataset: tf.data.Dataset, split: str) -> tf.data.Dataset:
         directory, store, texts = self.texts(split)
@@ -442,8 +485,10 @@ def register_fiat_variants(
         "metric_fns": list(scored.metric_fns),
     }
     names = {v: f"{prefix}_{v}" for v in VARIANTS}
-    fiat_join = RationaleJoin(names["fiat"], store_task, store_dir, on_missing)
-    distilled_join = RationaleJoin(names["distilled_cot"], store_task, store_dir, on_missing)
+    fiat_join = RationaleJoin(names["fiat"], store_task, store_dir, on_missing, base.source)
+    distilled_join = RationaleJoin(
+        names["distilled_cot"], store_task, store_dir, on_missing, base.source, (train_split,)
+    )
     _add_task(
         names["fiat"],
         source=_derived_source(base.source, fiat_join),
@@ -478,6 +523,8 @@ def register_fiat_variants(
         **common,
     )
     joins = {names["fiat"]: fiat_join, names["distilled_cot"]: distilled_join}
+    for name in VARIANTS:  # a re-registration drops joins of tasks it no longer has
+        _JOINS.pop(names[name], None)
     rank: dict[str, str] = {}
     eval_mixtures: dict[str, str] = {}
     if rank_labels is not None:
@@ -490,7 +537,9 @@ def register_fiat_variants(
             rank[variant] = f"{names[variant]}_rank"
             source = base.source
             if variant == "fiat":
-                rank_join = RationaleJoin(rank[variant], store_task, store_dir, on_missing)
+                rank_join = RationaleJoin(
+                    rank[variant], store_task, store_dir, on_missing, base.source
+                )
                 joins[rank[variant]] = rank_join
                 source = _derived_source(base.source, rank_join)
             _add_task(
@@ -508,4 +557,5 @@ def register_fiat_variants(
             eval_mixtures[variant] = replace_mixture(
                 f"{names[variant]}_eval", [names[variant], rank[variant]]
             )
+    _JOINS.update(joins)
     return FiatTasks(**names, prompt=prompt, joins=joins, rank=rank, eval_mixtures=eval_mixtures)

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fiat_t5x import gin_files
+
 T = TypeVar("T")
 
 
@@ -63,3 +65,9 @@ def pick_task(
     if task not in entries:
         raise error(f"{path} has no {kind} for task {task!r}; it defines {sorted(entries)}")
     return entries[task]
+
+
+def resolve_path(path: str) -> str:
+    """`path` as given when it exists, else a shipped file: gin files name `gin/fiat/itau/...`
+    relative to the checkout or the installed package, wherever the command runs."""
+    return gin_files.find(path) or path

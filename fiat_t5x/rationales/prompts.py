@@ -35,6 +35,7 @@ from typing import Any
 
 from fiat_t5x.rationales.prompt_files import pick_task, read_prompt_file, task_entries
 from fiat_t5x.rationales.store import sha256_of
+from fiat_t5x.training.gin_cli import UsageError
 
 DEFAULT_X_Y_DELIMITER = "\n\n"
 DEFAULT_EXAMPLE_SEPARATOR = "\n\n\n"
@@ -42,7 +43,7 @@ DEFAULT_ANSWER_PREFIX = "So the answer is"
 DEFAULT_TARGET_TEMPLATE = "{rationale} {answer_prefix} {answer}."
 
 
-class PromptError(ValueError):
+class PromptError(UsageError):
     """An Iβ file or an example does not fit the prompt spec; the message names what and where."""
 
 

@@ -3,9 +3,10 @@
 On disk a store is a directory:
 
   identity.json   what produced the rationales: provider identity (no secrets, no hosts),
-                  decoding settings and the sha256 of Iβ, plus the sha256 of all three. Written
-                  once; a job with a different identity is refused, so rationales of two βs or two
-                  prompts never mix silently.
+                  decoding settings and the sha256 of Iβ, plus the sha256 of all three. Fixed
+                  by the first record: a job with a different identity is refused, so rationales
+                  of two βs or two prompts never mix silently. While the store holds no record
+                  (a first run stopped by a configuration error), a corrected job replaces it.
   records.jsonl   one record per line, framed as `<crc32 of the JSON, 8 hex digits> <JSON>\\n`.
                   Records are appended and never rewritten; each append is flushed and fsynced.
                   A torn or garbled tail (a crash mid-write) is detected by the frame and cut off
@@ -35,6 +36,8 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from fiat_t5x.training.gin_cli import UsageError
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -46,8 +49,8 @@ JOB_FILE = "job.json"
 Key = tuple[str, str, str]  # (task, split, example id)
 
 
-class StoreError(Exception):
-    """Base of the store's errors."""
+class StoreError(UsageError):
+    """Base of the store's errors: each message names the store and what to do (one line)."""
 
 
 class StoreMismatchError(StoreError, ValueError):
@@ -254,23 +257,34 @@ class RationaleStore:
     ) -> RationaleStore:
         """Creates or reopens a store for appending; takes the lock and cuts off a torn tail.
 
-        Raises StoreLockedError when another process writes it, StoreMismatchError when it was
-        made with another identity, StoreCorruptError when a record in the middle is damaged.
+        Raises StoreLockedError when another process writes it, StoreMismatchError when its
+        records were made with another identity, StoreCorruptError when a record in the middle
+        is damaged. A store without records takes the new identity (nothing can mix).
         """
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(directory)
         try:
             identity_path = directory / IDENTITY_FILE
-            if identity_path.exists():
-                existing = _read_identity(identity_path)
+            records_path = directory / RECORDS_FILE
+            scan = _scan(records_path)
+            existing = _read_identity(identity_path) if identity_path.exists() else None
+            if existing is not None and existing.sha256 != identity.sha256 and not scan.records:
+                logger.info(
+                    "%s holds no record yet; its identity %s is replaced by this job's %s",
+                    directory,
+                    existing.sha256[:12],
+                    identity.sha256[:12],
+                )
+                existing = None
+            if existing is not None:
                 if existing.sha256 != identity.sha256:
                     fields = ", ".join(existing.differences(identity))
                     raise StoreMismatchError(
                         f"{directory} holds rationales from another β/Iβ setup (differs in: "
                         f"{fields}; store identity {existing.sha256[:12]}, this job "
-                        f"{identity.sha256[:12]}). Point --store at a new directory instead of "
-                        "mixing rationales."
+                        f"{identity.sha256[:12]}). Point RATIONALE_STORE (--store) at a new "
+                        "directory instead of mixing rationales."
                     )
             else:
                 _write_atomically(
@@ -285,8 +299,6 @@ class RationaleStore:
                         sort_keys=True,
                     ),
                 )
-            records_path = directory / RECORDS_FILE
-            scan = _scan(records_path)
             if scan.good_bytes < scan.total_bytes:
                 logger.warning(
                     "%s: dropping a torn last record (%d bytes after byte %d); the example it "

@@ -29,6 +29,7 @@ from typing import Any
 
 from fiat_t5x.data.templates import TemplateError, placeholders
 from fiat_t5x.rationales.prompt_files import pick_task, read_prompt_file, task_entries
+from fiat_t5x.training.gin_cli import UsageError
 
 RATIONALE_FIELD = "rationale"
 DEFAULT_RATIONALE_TEMPLATE = "Reasoning: {rationale}"
@@ -47,7 +48,7 @@ _KEYS = {
 }
 
 
-class TuningPromptError(ValueError):
+class TuningPromptError(UsageError):
     """An Iτ file that cannot be used; the message names the file, the task and the key."""
 
 

@@ -18,6 +18,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from fiat_t5x import errors, gin_files
+from fiat_t5x.errors import UsageError
 from fiat_t5x.sweeps.runner import SweepRunner, log_tail, run_one_process, variant_status
 from fiat_t5x.sweeps.spec import SweepFileError, load_sweep
 
@@ -32,10 +34,16 @@ def import_launcher(name: str):
         if (_PROJECT_ROOT / "launch" / f"{name}.py").is_file():
             sys.path.insert(0, str(_PROJECT_ROOT))
             return importlib.import_module(f"launch.{name}")
-        raise SystemExit(
-            f"launcher 'launch.{name}' not found; run from a checkout of fiat-t5x "
+        raise UsageError(
+            f"launcher 'launch.{name}' not found; run it from a checkout of fiat-t5x "
             f"(looked in {_PROJECT_ROOT / 'launch'})"
         ) from None
+
+
+def sweep_file(path: pathlib.Path) -> pathlib.Path:
+    """The sweep file as given, else a shipped one (`gin/sweeps/demo.yaml` from anywhere)."""
+    found = gin_files.find(path)
+    return pathlib.Path(found) if found else path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,21 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@errors.command("fiat-t5x sweep")
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     # Everything after a bare `--` belongs to the launcher (`--launcher tpu -- --zone ...`).
     launcher_flags = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.launcher_flags = launcher_flags
+    args.sweep = sweep_file(args.sweep)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        sweep = load_sweep(args.sweep)
-        return {"run": _run, "status": _status, "list": _list, "report": _report}[args.action](
-            sweep, args
-        )
-    except SweepFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sweep = load_sweep(args.sweep)
+    return {"run": _run, "status": _status, "list": _list, "report": _report}[args.action](
+        sweep, args
+    )
 
 
 def _run(sweep, args) -> int:
@@ -93,8 +99,7 @@ def _run(sweep, args) -> int:
         extra = ["--only", ",".join(only)] if only else []
         return tpu.main(["sweep", str(args.sweep), "--root", str(args.root), *extra, *flags])
     if flags:
-        print(f"error: unexpected arguments {flags}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unexpected arguments {flags}; only --launcher tpu takes flags after --")
     process_runner = run_one_process
     if args.num_processes > 1:
         process_runner = import_launcher("local").process_runner(args.num_processes)

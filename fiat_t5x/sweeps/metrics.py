@@ -1,15 +1,23 @@
-"""Reading a run's metrics back from its MODEL_DIR: the one place that knows the file format.
+"""Reading a run's metrics back from its MODEL_DIR: the one place that reads the file.
 
-The trainer (`fiat_t5x.train`) writes TensorBoard summaries and a JSON-lines file in MODEL_DIR.
-Sweeps only need the JSON lines: `read_metric_history` is the adapter, and everything above it
-(runner, report, plots) works on `MetricPoint`s, so a change of the trainer's format changes
-this function only.
+The trainer (`fiat_t5x.train`) writes TensorBoard summaries and a JSON-lines file in MODEL_DIR
+(`fiat_t5x.training.metrics_writer` describes the rows). Sweeps only need the JSON lines:
+`read_metric_history` is the adapter, and everything above it (runner, report, plots) works on
+`MetricPoint`s, so a change of the trainer's format changes this function only.
 
 Format read here: `MODEL_DIR/metrics.jsonl`, one JSON object per line, each with an integer
-`step` and any number of scalar metrics, e.g.
-`{"step": 200, "train/loss": 1.9, "eval/fiat_demo_plain/accuracy": 41.0}`. Non-numeric values
-(strings, lists) are ignored. A torn last line (a run killed mid-write) is dropped with a
-warning; a malformed line elsewhere is an error naming file and line.
+`step`, the `run` and `writer` that wrote it, and any number of scalar metrics, e.g.
+`{"step": 200, "run": "...", "writer": "train_eval", "eval/fiat_demo_plain/accuracy": 41.0}`.
+Non-numeric values (strings, lists) are ignored. A torn last line (a run killed mid-write) is
+dropped with a warning; a malformed line elsewhere is an error naming file and line.
+
+Two rules keep every number meaning what its label says:
+* a training run that (re)starts from step S (its `run_start` row) replaces what earlier runs
+  logged after S: those steps were trained again, or their work was lost, so their rows are
+  dropped and no report averages two copies of a replayed step (the latest run wins);
+* rows of `fiat-t5x eval` (writer `eval_command`, which may score another split) are kept apart
+  from the trainer's own evaluation unless asked for.
+Rows written before runs were recorded (no `run`) are read as they are.
 """
 
 from __future__ import annotations
@@ -22,9 +30,18 @@ import pathlib
 import re
 from collections.abc import Iterable, Mapping
 
-METRICS_FILE = "metrics.jsonl"
+from fiat_t5x.training.metrics_writer import (
+    EVAL_COMMAND_WRITER,
+    EVENT_FIELD,
+    METRICS_FILE,
+    RUN_FIELD,
+    RUN_START_EVENT,
+    STEP_FIELD,
+    WRITER_FIELD,
+)
 
 logger = logging.getLogger(__name__)
+_ROW_FIELDS = (STEP_FIELD, RUN_FIELD, WRITER_FIELD, EVENT_FIELD)
 
 
 class MetricsFileError(ValueError):
@@ -33,32 +50,29 @@ class MetricsFileError(ValueError):
 
 @dataclasses.dataclass(frozen=True, order=True)
 class MetricPoint:
-    """One scalar: `name` had `value` at training `step`."""
+    """One scalar: `name` had `value` at training `step`, written by `writer` ('' if unknown)."""
 
     step: int
     name: str
     value: float
+    writer: str = ""
 
 
 def metrics_path(model_dir: str | pathlib.Path) -> pathlib.Path:
     return pathlib.Path(model_dir) / METRICS_FILE
 
 
-def read_metric_history(model_dir: str | pathlib.Path) -> list[MetricPoint]:
-    """Every scalar the run logged, in file order; [] when there is no metrics file yet."""
-    path = metrics_path(model_dir)
-    if not path.is_file():
-        return []
+def _read_rows(path: pathlib.Path) -> list[dict]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    points: list[MetricPoint] = []
+    rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
+            row = json.loads(line)
+            if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
-            step = int(record["step"])
+            row[STEP_FIELD] = int(row[STEP_FIELD])
         except (ValueError, KeyError, TypeError) as e:
             if number == len(lines):
                 logger.warning("%s:%d: dropping a torn last line (%s)", path, number, e)
@@ -66,10 +80,41 @@ def read_metric_history(model_dir: str | pathlib.Path) -> list[MetricPoint]:
             raise MetricsFileError(
                 f"{path}:{number}: expected a JSON object with an integer 'step' ({e})"
             ) from None
-        for name, value in record.items():
-            if name == "step" or isinstance(value, bool) or not isinstance(value, int | float):
+        rows.append(row)
+    return rows
+
+
+def current_rows(rows: list[dict]) -> list[dict]:
+    """The rows no later training run replaced (see the module docstring), in file order;
+    `run_start` rows themselves are dropped."""
+    restart_floor = math.inf  # the lowest step a later run restarted from
+    kept = []
+    for row in reversed(rows):
+        if row.get(EVENT_FIELD) == RUN_START_EVENT:
+            restart_floor = min(restart_floor, row[STEP_FIELD])
+        elif row[STEP_FIELD] <= restart_floor:
+            kept.append(row)
+    return kept[::-1]
+
+
+def read_metric_history(
+    model_dir: str | pathlib.Path, *, include_eval_command: bool = False
+) -> list[MetricPoint]:
+    """Every current scalar the run logged, in file order; [] when there is no metrics file yet.
+
+    `include_eval_command` adds the rows of `fiat-t5x eval` runs (writer `eval_command`)."""
+    path = metrics_path(model_dir)
+    if not path.is_file():
+        return []
+    points: list[MetricPoint] = []
+    for row in current_rows(_read_rows(path)):
+        writer = str(row.get(WRITER_FIELD, ""))
+        if writer == EVAL_COMMAND_WRITER and not include_eval_command:
+            continue
+        for name, value in row.items():
+            if name in _ROW_FIELDS or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            points.append(MetricPoint(step=step, name=name, value=float(value)))
+            points.append(MetricPoint(row[STEP_FIELD], name, float(value), writer))
     return points
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from fiat_t5x import gin_files
 from fiat_t5x.sweeps.report_spec import ReportSpec, parse_report_spec
 from fiat_t5x.sweeps.yaml_loader import SweepFileError, load_yaml
 
@@ -49,8 +50,6 @@ DEFAULT_COMMAND: tuple[str, ...] = ("{python}", "-m", "fiat_t5x.train")
 # Variant names become directory names under the sweep root.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 _BINDING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./]*$")
-_PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
 _TOP_KEYS = {
     "name",
     "description",
@@ -127,7 +126,8 @@ class Sweep:
         The trainer searches the project's gin/ too, so `models/byt5/tiny.gin` and
         `gin/models/byt5/tiny.gin` both work in a sweep file.
         """
-        paths = [*self.gin_search_paths, pathlib.Path.cwd(), _PROJECT_ROOT, _PROJECT_ROOT / "gin"]
+        gin_dir = gin_files.gin_dir()  # the checkout's gin/ or the installed package's
+        paths = [*self.gin_search_paths, pathlib.Path.cwd(), gin_dir.parent, gin_dir]
         unique: list[pathlib.Path] = []
         for p in paths:
             if p not in unique:

@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from fiat_t5x.errors import UsageError
 
-class SweepFileError(ValueError):
+
+class SweepFileError(UsageError):
     """A sweep file is malformed; the message names the file and the field."""
 
 

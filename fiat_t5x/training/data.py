@@ -162,26 +162,69 @@ class TrainBatches:
         return {k: np.asarray(v) for k, v in batch.items()}
 
 
+# The seed of evaluation and inference datasets when the config gives none (SeqIO's Evaluator
+# default): preprocessing that draws at random (Flan templates, few-shot exemplars) then gives
+# the same examples on every run, so a checkpoint's eval metrics are reproducible.
+EVAL_SEED = 42
+# Features of rank-classification rows (`fiat_t5x.data.metrics.expand_rank_candidates`): the
+# candidate label of the row and the gold label of its example.
+RANK_CANDIDATE, RANK_GOLD = "rank_candidate", "rank_gold"
+
+
+def leaf_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
+    """The tasks of a mixture (recursively), or the task itself."""
+    provider = get_task_or_fail(mixture_or_task_name)
+    if isinstance(provider, seqio.Mixture):
+        return list(provider.tasks)
+    return [provider]
+
+
+def label_rows_only(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Drops the rows of a rank-classification task whose target is a wrong candidate label
+    (they are there to be scored, not learnt); other datasets pass unchanged."""
+    if RANK_CANDIDATE not in ds.element_spec or RANK_GOLD not in ds.element_spec:
+        return ds
+    return ds.filter(lambda ex: tf.equal(ex[RANK_CANDIDATE], ex[RANK_GOLD]))
+
+
 def eval_dataset(
     mixture_or_task_name: str,
     task_feature_lengths: Mapping[str, int],
     split: str,
     use_cached: bool = False,
     feature_converter_cls: FeatureConverterFactory | None = None,
+    *,
+    seed: int | None = EVAL_SEED,
+    num_examples: int | None = None,
 ) -> tf.data.Dataset:
-    """Unpacked, unshuffled, one epoch: every host reads the whole split."""
+    """Teacher-forced evaluation rows: every task of the mixture in turn (each example once, as
+    `seqio.Evaluator` reads them, up to `num_examples` per task), unpacked, unshuffled, one
+    epoch, seeded, and label rows only (see `label_rows_only`). Every host reads it in full."""
     task = get_task_or_fail(mixture_or_task_name)
     check_feature_lengths(task, task_feature_lengths)
-    return seqio.get_dataset(
-        mixture_or_task_name,
-        task_feature_lengths=dict(task_feature_lengths),
-        feature_converter=make_feature_converter(feature_converter_cls, pack=False),
-        dataset_split=split,
-        use_cached=use_cached,
-        shuffle=False,
-        num_epochs=1,
-        verbose=False,
-    )
+    converter = make_feature_converter(feature_converter_cls, pack=False)
+    lengths = dict(task_feature_lengths)
+    parts = []
+    for leaf in leaf_tasks(mixture_or_task_name):
+        if split not in leaf.splits:
+            continue
+        ds = leaf.get_dataset(
+            lengths,
+            split=split,
+            use_cached=use_cached,
+            shuffle=False,
+            num_epochs=1,
+            seed=EVAL_SEED if seed is None else seed,
+        )
+        if num_examples:
+            ds = ds.take(num_examples)
+        parts.append(converter(label_rows_only(ds), lengths))
+    if not parts:
+        raise ValueError(f"{mixture_or_task_name!r} has no task with a split {split!r}")
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset.concatenate(part)
+    return dataset
 
 
 def padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[tuple[Batch, int]]:

@@ -1,47 +1,35 @@
 """Evaluation during and after training.
 
-Two kinds, both over an unpacked, unshuffled split that every host reads in full:
-* teacher-forced: the loss per target token and token accuracy (cheap, every EVAL_PERIOD);
+Two kinds, both over an unpacked, unshuffled, seeded split that every host reads in full:
+* teacher-forced: the loss per target token and token accuracy (cheap, every EVAL_PERIOD), over
+  every task of a mixture in turn and, for rank-classification tasks, over the gold label's rows
+  only (their wrong-label rows exist to be scored, not learnt: `data.label_rows_only`);
 * SeqIO: the task's metric functions on decoded predictions (predict metrics) and on target
   scores (score metrics), through `seqio.Evaluator`, which restores example order, decodes
-  with the task's vocabulary and applies its postprocessor.
+  with the task's vocabulary and applies its postprocessor. Predictions come from the one
+  decode path (`fiat_t5x.models.batch_decoder.BatchDecoder`), on the training mesh.
+
+Datasets are built with a fixed seed (`data.EVAL_SEED` unless the config gives one), so
+preprocessing that draws at random (Flan templates) gives the same examples every time: the
+same checkpoint gets the same metrics from the trainer's periodic eval and from `fiat-t5x eval`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
-from jax.experimental import multihost_utils
 
+from fiat_t5x.models.batch_decoder import BatchDecoder, mesh_context, to_host
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training.optimizers import merge_params
 from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import Trainer
-
-EOS_ID = 1
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-    """A global array as one numpy array on every host."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def trim_after_eos(tokens: Sequence[int]) -> list[int]:
-    """Token ids up to (not including) the first EOS."""
-    out = []
-    for t in tokens:
-        if int(t) == EOS_ID:
-            break
-        out.append(int(t))
-    return out
 
 
 def _scalar(value: Any) -> float | None:
@@ -58,8 +46,9 @@ class Evaluation:
     Args:
       batch_size: global eval batch (a multiple of the data-parallel size).
       num_examples: cap on examples (None: the whole split).
-      decode_method / num_beams / ...: passed to `EncoderDecoderModel.predict_batch`.
+      decode_method / num_beams: the decoding of predict metrics (`BatchDecoder`).
       run_seqio: also compute the task's metric functions (decoding is slower).
+      seed: seed of the datasets' preprocessing (None: `data.EVAL_SEED`).
       feature_converter_cls: as `DatasetConfig.feature_converter_cls` (always unpacked here);
         None is SeqIO's EncDecFeatureConverter.
     """
@@ -78,6 +67,7 @@ class Evaluation:
         num_beams: int = 4,
         max_decode_length: int | None = None,
         feature_converter_cls: data_lib.FeatureConverterFactory | None = None,
+        seed: int | None = data_lib.EVAL_SEED,
     ) -> None:
         self.trainer = trainer
         self.name = mixture_or_task_name
@@ -87,7 +77,8 @@ class Evaluation:
         self.use_cached = use_cached
         self.num_examples = num_examples
         self.run_seqio = run_seqio
-        self.decode_kwargs = {"method": decode_method, "num_beams": num_beams}
+        self.decode_settings = {"method": decode_method, "num_beams": num_beams}
+        self.seed = data_lib.EVAL_SEED if seed is None else int(seed)
         self.max_decode_length = max_decode_length or self.lengths["targets"]
         self.feature_converter_cls = feature_converter_cls
         dp = trainer.partitioner.data_parallel_size
@@ -102,10 +93,14 @@ class Evaluation:
 
     def teacher_forced(self, state: TrainState, frozen: Any) -> dict[str, float]:
         ds = data_lib.eval_dataset(
-            self.name, self.lengths, self.split, self.use_cached, self.feature_converter_cls
+            self.name,
+            self.lengths,
+            self.split,
+            self.use_cached,
+            self.feature_converter_cls,
+            seed=self.seed,
+            num_examples=self.num_examples,
         )
-        if self.num_examples:
-            ds = ds.take(self.num_examples)
         loss_sum = tokens = correct = 0.0
         p = self.trainer.partitioner
         for batch, _ in data_lib.padded_batches(ds, self.batch_size):
@@ -130,6 +125,7 @@ class Evaluation:
                 ),
                 eval_split=self.split,
                 use_cached=self.use_cached,
+                seed=self.seed,
                 sequence_length=self.lengths,
                 num_examples=self.num_examples,
                 shuffle=False,
@@ -149,23 +145,26 @@ class Evaluation:
                 batch[k] = v
             yield [int(i) for i in indices], p.replicated_batch_to_global(batch)
 
+    def decoder(self, state: TrainState, frozen: Any) -> BatchDecoder:
+        """The decode path over the current parameters (already on the trainer's mesh)."""
+        return BatchDecoder(
+            self.trainer.model,
+            merge_params(state.params, frozen),
+            partitioner=self.trainer.partitioner,
+            batch_size=self.batch_size,
+            max_decode_length=self.max_decode_length,
+            **self.decode_settings,
+        )
+
     def predict_fn(self, state: TrainState, frozen: Any):
-        params = merge_params(state.params, frozen)
-        model = self.trainer.model
+        decoder = self.decoder(state, frozen)
 
         def predict(dataset: tf.data.Dataset, model_feature_shapes=None):
             out = []
-            for indices, batch in self._batches(dataset):
-                tokens = to_host(
-                    model.predict_batch(
-                        params,
-                        batch,
-                        max_decode_length=self.max_decode_length,
-                        **self.decode_kwargs,
-                    )
-                )
+            for indices, features in dataset.batch(self.batch_size).as_numpy_iterator():
+                tokens = decoder.decode(features["encoder_input_tokens"])
                 # Fixed-length rows (seqio stacks them; its vocabulary decode stops at EOS).
-                out.extend((i, tokens[j]) for j, i in enumerate(indices))
+                out.extend((int(i), tokens[j]) for j, i in enumerate(indices))
             return out
 
         return predict
@@ -177,7 +176,8 @@ class Evaluation:
         def score(dataset: tf.data.Dataset, model_feature_shapes=None):
             out = []
             for indices, batch in self._batches(dataset):
-                scores = to_host(model.score_batch(params, batch))
+                with mesh_context(self.trainer.partitioner):
+                    scores = to_host(model.score_batch(params, batch))
                 out.extend((i, float(scores[j])) for j, i in enumerate(indices))
             return out
 
@@ -202,8 +202,10 @@ class Evaluation:
                     results[f"{task}/{name}"] = v
         return results
 
-    def __call__(self, state: TrainState, frozen: Any) -> dict[str, float]:
-        step = int(jax.device_get(state.step))
+    def __call__(self, state: TrainState, frozen: Any, step: int | None = None) -> dict[str, float]:
+        """All metrics as {'eval/<name>': value}; `step` is the checkpoint's step (default the
+        state's)."""
+        step = int(jax.device_get(state.step)) if step is None else int(step)
         results = {f"eval/{k}": v for k, v in self.teacher_forced(state, frozen).items()}
         if self.run_seqio:
             results.update(

@@ -4,8 +4,9 @@ SeqIO's `EncDecFeatureConverter` keeps only `inputs`/`targets` and sets `decoder
 to the non-padding mask, so a task's per-example weight (e.g. Distilled CoT's α for label
 rows and 1-α for rationale rows, `fiat_t5x.rationales.injection`) is dropped on the way to
 the model. `WeightedEncDecFeatureConverter` produces the same features and multiplies
-`decoder_loss_weights` (then float32) by each example's `loss_weight` (1 when absent); the
-model's loss (`EncoderDecoderModel.loss`) already weights every token by it.
+`decoder_loss_weights` (then float32) by each example's `loss_weight` (1 when absent), row by
+row as SeqIO converts it (one pass over the input); the model's loss
+(`EncoderDecoderModel.loss`) already weights every token by it.
 
 Unpacked only: after packing, a row holds several examples, and SeqIO's packer handles
 integer features only, so a packed weighted converter would have to quantise the weights.
@@ -37,22 +38,11 @@ class WeightedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
             )
         super().__init__(pack=False, **kwargs)
 
-    def __call__(
-        self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
-    ) -> tf.data.Dataset:
-        if WEIGHT_FEATURE in ds.element_spec:
-            weights = ds.map(lambda ex: tf.cast(ex[WEIGHT_FEATURE], tf.float32))
-        else:
-            weights = ds.map(lambda ex: tf.constant(1.0, tf.float32))
-        converted = super().__call__(ds, task_feature_lengths)
-
-        def scale(features, weight):
-            mask = tf.cast(features["decoder_loss_weights"], tf.float32)
-            return {**features, "decoder_loss_weights": mask * weight}
-
-        return tf.data.Dataset.zip((converted, weights)).map(scale)
-
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+        # The padded example still carries its task features, `loss_weight` among them: the
+        # weight travels with its row through one pass (no second read of the input to zip).
         out = dict(super()._convert_example(features))
-        out["decoder_loss_weights"] = tf.cast(out["decoder_loss_weights"], tf.float32)
+        mask = tf.cast(out["decoder_loss_weights"], tf.float32)
+        weight = tf.cast(features.get(WEIGHT_FEATURE, 1.0), tf.float32)
+        out["decoder_loss_weights"] = mask * weight
         return out

@@ -1,18 +1,21 @@
-"""FLOPs of a compiled step and the peak FLOP/s of a device, for MFU in the training log.
+"""FLOPs of a step and the peak FLOP/s of a device, for MFU in the training log.
 
-MFU = (FLOPs of one step on one device, from XLA's cost analysis) × steps/s / peak FLOP/s of
-that device. Accelerator peaks are the vendors' dense bf16 figures; the CPU peak is estimated
+MFU = (FLOPs of one step on one device) × steps/s / peak FLOP/s of that device. The FLOPs are
+the matrix multiplications of the traced step (`jaxpr_flops`, rematerialised ones included)
+split evenly over the devices: XLA's cost analysis counts the body of a loop once, so it misses
+all but one layer of a scanned stack. Accelerator peaks are the vendors' dense bf16 figures; the CPU peak is estimated
 from the core count, the vector width and the clock (so CPU MFU is indicative only).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
-from typing import Any
 
 import jax
+from jax.extend import core as jax_core
 
 # Dense bf16 peak FLOP/s per device (one chip / one GPU), by a substring of `device_kind`.
 _ACCELERATOR_PEAKS: tuple[tuple[str, float], ...] = (
@@ -59,14 +62,24 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     return None
 
 
-def flops_of(compiled: Any) -> float | None:
-    """FLOPs per device of a compiled computation from XLA's cost analysis (None if unknown)."""
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception as e:  # cost analysis is best effort: it never stops training
-        logging.info("no cost analysis for the train step: %s", e)
-        return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+def jaxpr_flops(jaxpr: jax_core.ClosedJaxpr | jax_core.Jaxpr) -> float:
+    """Matmul FLOPs of a traced program: 2·(batch)·M·N·K per `dot_general`, a scan's body
+    counted `length` times, a cond's costliest branch, every nested program (jit, remat,
+    custom derivatives) once; a while loop's body once (its trip count is unknown)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), (batch, _) = eqn.params["dimension_numbers"]
+            lhs, rhs = (v.aval.shape for v in eqn.invars)
+            k = math.prod(lhs[d] for d in contract)
+            out = math.prod(eqn.outvars[0].aval.shape)
+            total += 2.0 * out * k
+            del rhs, batch
+        elif name == "cond":
+            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+        else:
+            inner = sum(jaxpr_flops(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
+            total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total

@@ -1,25 +1,41 @@
 """Command-line handling shared by `python -m fiat_t5x.train|eval|infer`, T5X style.
 
---gin_file=PATH          (repeatable; searched in --gin_search_paths, the repo's gin/, and .)
+--gin_file=PATH          (repeatable; searched in --gin_search_paths, fiat-t5x's gin/, and .)
 --gin.NAME=VALUE         a gin binding, e.g. --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=100
+                         (string values keep their inner quotes)
 --gin_search_paths=A,B   extra directories for gin files and their includes
+--debug                  show the traceback of an error (or set FIAT_T5X_DEBUG=1)
+
+A `--gin.NAME=` macro that no loaded gin file reads is refused with the closest names, and so
+is a `%NAME` that a file reads but nothing sets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import pathlib
-from collections.abc import Callable, Sequence
+import re
+import tokenize
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
+from fiat_t5x import errors, gin_files
+from fiat_t5x.data import sources  # noqa: F401 - registers `malformed_lines` before bindings
+from fiat_t5x.errors import UsageError
+from fiat_t5x.training import log_noise, tf_devices
 
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "gin"
+__all__ = ["GinArgs", "UsageError", "parse_args", "parse_gin", "check_macros", "run_main"]
 
-
-class UsageError(ValueError):
-    """A problem with the command line or the gin configuration, explained for the user."""
+FLAGS = ("--gin_file", "--gin_search_paths", "--gin_bindings", "--help", errors.DEBUG_FLAG)
+_MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MISSING_MODULE = re.compile(r"No module named ('[^']+')")
+_GIN_FILE_LOCATION = re.compile(r'\n\s*In file "(?P<file>[^"]+)", line (?P<line>\d+)')
+_QUOTING_HINT = (
+    "string values keep their quotes inside the shell's, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"; "
+    "lists and dicts must be complete Python literals"
+)
 
 
 @dataclasses.dataclass
@@ -28,6 +44,8 @@ class GinArgs:
     bindings: list[str] = dataclasses.field(default_factory=list)
     search_paths: list[str] = dataclasses.field(default_factory=list)
     help: bool = False
+    # The flag each binding came from (same order as `bindings`), for error messages.
+    binding_flags: list[str] = dataclasses.field(default_factory=list)
 
 
 def parse_args(argv: Sequence[str]) -> GinArgs:
@@ -41,10 +59,11 @@ def parse_args(argv: Sequence[str]) -> GinArgs:
             args.help = True
         elif arg.startswith("--gin."):
             name, sep, value = arg[len("--gin.") :].partition("=")
-            if not sep:
-                raise UsageError(f"{arg!r}: expected --gin.NAME=VALUE")
+            if not sep or not name:
+                raise UsageError(f"{arg!r}: expected --gin.NAME=VALUE, e.g. --gin.TRAIN_STEPS=100")
             args.bindings.append(f"{name} = {value}")
-        elif arg.startswith("--gin_file") or arg.startswith("--gin_search_paths"):
+            args.binding_flags.append(arg)
+        elif arg.split("=")[0] in ("--gin_file", "--gin_search_paths"):
             flag, sep, value = arg.partition("=")
             if not sep:
                 if i + 1 >= len(argv):
@@ -53,43 +72,157 @@ def parse_args(argv: Sequence[str]) -> GinArgs:
                 value = argv[i]
             if flag == "--gin_file":
                 args.gin_files.append(value)
-            elif flag == "--gin_search_paths":
-                args.search_paths.extend(p for p in value.split(",") if p)
             else:
-                raise UsageError(f"unknown flag {flag!r}")
+                args.search_paths.extend(p for p in value.split(",") if p)
         elif arg.startswith("--gin_bindings="):
             args.bindings.append(arg.partition("=")[2])
+            args.binding_flags.append(arg)
         else:
+            flag = arg.partition("=")[0]
             raise UsageError(
-                f"unknown argument {arg!r}; use --gin_file=FILE, --gin.NAME=VALUE, --gin_search_paths=DIRS"
+                f"unknown argument {arg!r}{errors.closest(flag, FLAGS)}; use --gin_file=FILE, "
+                "--gin.NAME=VALUE, --gin_search_paths=DIRS"
             )
         i += 1
     return args
 
 
 def parse_gin(args: GinArgs) -> None:
-    """Load the gin files and bindings (search paths: given ones, the repo's gin/, the cwd)."""
+    """Load the gin files, then the bindings (search paths: the given ones, fiat-t5x's gin/,
+    the cwd). A gin problem becomes a UsageError naming the file and line, or the flag."""
     if not args.gin_files:
-        raise UsageError("no --gin_file given; e.g. --gin_file=gin/runs/finetune.gin")
+        raise UsageError("no --gin_file given; e.g. --gin_file=runs/finetune.gin")
+    log_noise.install()
     gin.clear_config()
-    search = [*args.search_paths, str(REPO_GIN_DIR), os.getcwd()]
+    search = gin_files.search_paths(args.search_paths)
     for path in search:
-        gin.add_config_file_search_path(path)
-    files = [_locate(f, search) for f in args.gin_files]
+        # gin keeps its search paths across clear_config(): add each one once.
+        if path not in gin.config._LOCATION_PREFIXES:
+            gin.add_config_file_search_path(path)
+    files = []
+    for name in args.gin_files:
+        found = gin_files.find(name, args.search_paths)
+        if found is None:
+            raise UsageError(
+                f"gin file {name!r} not found here or in the search paths {search}; check the "
+                "name (e.g. models/flan_t5/base.gin, runs/finetune.gin) or add --gin_search_paths"
+            )
+        files.append(found)
+    for file in files:
+        with _gin_errors(file, None, search):
+            gin.parse_config_file(file)
+    flags = args.binding_flags or args.bindings
+    for binding, flag in zip(args.bindings, flags, strict=True):
+        with _gin_errors(None, flag, search):
+            gin.parse_config(binding)
+
+
+def parse_bindings(bindings: Sequence[str], flag: str = "--gin_bindings") -> None:
+    """Parse gin bindings on top of the current config; a failure names `flag` and the binding."""
+    log_noise.install()
+    for binding in bindings:
+        with _gin_errors(None, f"{flag} {binding!r}", ()):
+            gin.parse_config(binding)
+
+
+def _raised_by_gin(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/") if tb else ""
+    return f"/{gin.__name__}/" in filename
+
+
+@contextlib.contextmanager
+def _gin_errors(file: str | None, flag: str | None, search: Sequence[str]) -> Iterator[None]:
+    """Turn what gin raises while parsing `file` (or the binding `flag`) into a UsageError."""
     try:
-        gin.parse_config_files_and_bindings(files, args.bindings, finalize_config=False)
-    except OSError as e:
-        raise UsageError(f"cannot read a gin file: {e}") from e
+        yield
+    except UsageError:
+        raise
+    except (SyntaxError, tokenize.TokenError) as e:
+        if flag is not None:
+            raise UsageError(f"{flag}: gin cannot parse this binding; {_QUOTING_HINT}") from e
+        where = f"{getattr(e, 'filename', None) or file}:{getattr(e, 'lineno', '?')}"
+        text = (getattr(e, "text", None) or "").strip()
+        # gin's message for a value it cannot read quotes Python's AST; its last line says more.
+        problem = str(getattr(e, "msg", e)).strip().splitlines()[-1].strip()
+        raise UsageError(
+            f"{where}: gin syntax error: {problem}"
+            + (f" in {text!r}" if text else "")
+            + " (an unclosed bracket or quote shows up on a later line)"
+        ) from e
+    except ModuleNotFoundError as e:
+        where = _location(e, file, flag)
+        module = _MISSING_MODULE.search(str(e))
+        raise UsageError(
+            f"{where}: cannot import {module[1] if module else repr(e.name)}: the module must be "
+            "importable; run from the directory that holds it or set PYTHONPATH to that directory"
+        ) from e
+    except OSError as e:  # an include that is in no search path
+        what = str(e).split(". Searched config paths")[0]
+        raise UsageError(f"{_location(e, file, flag)}: {what}; searched {list(search)}") from e
+    except Exception as e:
+        if not _raised_by_gin(e):
+            raise
+        first = str(e).split("\n")[0]
+        raise UsageError(f"{_location(e, file, flag)}: {first}") from e
 
 
-def _locate(path: str, search: Sequence[str]) -> str:
-    if os.path.exists(path):
-        return path
-    for directory in search:
-        candidate = os.path.join(directory, path)
-        if os.path.exists(candidate):
-            return candidate
-    raise UsageError(f"gin file {path!r} not found here or in the search paths {list(search)}")
+def _location(error: BaseException, file: str | None, flag: str | None) -> str:
+    match = _GIN_FILE_LOCATION.search(str(error))
+    if match:
+        return f"{match['file']}:{match['line']}"
+    return flag if flag is not None else f"gin file {file}"
+
+
+# ---------------------------------------------------------------------------------- macros
+# gin has no public API to list bindings; its config map is read here and only here.
+
+
+def macro_readers() -> dict[str, str]:
+    """Macro name -> the first binding that reads it (`configurable.param` or `%OTHER`)."""
+    readers: dict[str, str] = {}
+    for (scope, selector), params in gin.config._CONFIG.items():
+        for param, value in params.items():
+            for ref in gin.config.iterate_references(value):
+                if ref.selector != "gin.macro":
+                    continue
+                if selector == "gin.macro":
+                    where = f"%{scope}"
+                else:
+                    where = f"{scope + '/' if scope else ''}{selector}.{param}"
+                readers.setdefault("/".join(ref.scopes), where)
+    return readers
+
+
+def macros_set() -> set[str]:
+    """Names of the macros that some file or binding sets."""
+    return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
+
+
+def check_macros(args: GinArgs, required: Sequence[str] = ()) -> None:
+    """Refuse command-line macros that no loaded file reads (typos), macros that files read
+    but nothing sets, and `required` macros left unset or %gin.REQUIRED."""
+    readers, bound = macro_readers(), macros_set()
+    known = set(readers) | bound | set(required)
+    flags = args.binding_flags or args.bindings
+    for binding, flag in zip(args.bindings, flags, strict=True):
+        name = binding.partition("=")[0].strip()
+        if _MACRO_NAME.match(name) and name not in readers and name not in required:
+            raise UsageError(
+                f"{flag}: no loaded gin file reads the macro {name}"
+                f"{errors.closest(name, known - {name})}. Fix the name, or bind a parameter "
+                "directly (--gin.configurable.param=VALUE)"
+            )
+    check_required_macros(required)
+    unset = sorted(name for name in readers if name not in bound)
+    if unset:
+        name = unset[0]
+        raise UsageError(
+            f"gin macro %{name} is read by {readers[name]} but never set; set it with "
+            f"--gin.{name}=VALUE{errors.closest(name, bound)}"
+        )
 
 
 def is_required(value: Any) -> bool:
@@ -115,6 +248,19 @@ def check_required_macros(names: Sequence[str]) -> None:
         )
 
 
+def require_run_dir(macro: str = "MODEL_DIR") -> str:
+    """The directory `%macro` names, which must exist (eval and infer read a training run's
+    checkpoints: a mistyped MODEL_DIR must not quietly evaluate the untrained base)."""
+    path = gin.query_parameter(f"%{macro}")
+    if not isinstance(path, str) or not os.path.isdir(path):
+        raise UsageError(
+            f"{macro}={path!r} is not a directory; point --gin.{macro} at the directory "
+            "`fiat-t5x train` wrote (with its checkpoint_N folders), or create an empty one to "
+            "use the base model alone"
+        )
+    return path
+
+
 def configured(fn: Callable) -> Callable:
     """`fn` with its gin bindings applied (registering it if no gin file mentioned it)."""
     try:
@@ -138,13 +284,23 @@ def write_config(model_dir: str, filename: str = "config.gin") -> str:
 
 
 def configure_logging(quiet_absl: bool = True) -> None:
-    """INFO logs with timestamps for the entry points; absl (orbax) only from WARNING up."""
+    """INFO logs with timestamps for the entry points; absl (orbax) only from WARNING up;
+    third-party noise filtered (`log_noise`)."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger().setLevel(logging.INFO)
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    root = logging.getLogger()
+    # An import may already have given the root logger a plain stderr handler (logging's
+    # default "INFO:root:..." format): reformat it rather than add a second one.
+    plain = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    for handler in plain:
+        handler.setFormatter(logging.Formatter(fmt))
+    if not root.handlers:
+        logging.basicConfig(format=fmt)
+    root.setLevel(logging.INFO)
     if quiet_absl:
         logging.getLogger("absl").setLevel(logging.WARNING)
+    log_noise.install()
 
 
 def run_metrics_main(argv: Sequence[str], module: str, function: str, usage: str) -> int:
@@ -168,21 +324,32 @@ def run_metrics_main(argv: Sequence[str], module: str, function: str, usage: str
     return run_main(argv, body, ("MODEL_DIR",), usage)
 
 
+def _prog(usage: str) -> str:
+    """'python -m fiat_t5x.train' from 'usage: python -m fiat_t5x.train --gin_file=...'."""
+    words = []
+    for word in usage.removeprefix("usage:").split():
+        if word.startswith(("--", "[", "<")):
+            break
+        words.append(word)
+    return " ".join(words)
+
+
 def run_main(
     argv: Sequence[str], body: Callable[[], Any], required_macros: Sequence[str], usage: str
 ) -> int:
-    """Parse flags and gin, check required macros, run `body`; user errors exit 2 with a message."""
-    import sys
+    """Parse flags and gin, check the macros, run `body`; a user error is one message on
+    stderr and exit code 2 (`fiat_t5x.errors`)."""
 
-    try:
-        args = parse_args(argv)
-        if args.help:
+    @errors.command(_prog(usage))
+    def main(args: Sequence[str]) -> int:
+        parsed = parse_args(args)
+        if parsed.help:
             print(usage + __doc__)
             return 0
-        parse_gin(args)
-        check_required_macros(required_macros)
+        parse_gin(parsed)
+        check_macros(parsed, required_macros)
+        tf_devices.keep_tensorflow_on_cpu()
         body()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return main(argv)

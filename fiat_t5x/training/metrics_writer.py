@@ -1,26 +1,68 @@
 """Scalars to TensorBoard (clu metric writers) and to `MODEL_DIR/metrics.jsonl`.
 
 Only process 0 writes files; other processes log through absl only. The JSONL file has one
-object per write: `{"step": 100, "train/loss": 1.23, ...}`, easy to read back for reports.
+object per write, and every row says which process start (`run`) and which part of the code
+(`writer`) wrote it:
+
+    {"step": 100, "run": "20261201T101500-4242-8c1f", "writer": "train", "train/loss": 1.23, ...}
+
+Writers: `train` (the training loop), `train_eval` (evaluation every EVAL_PERIOD steps),
+`eval_command` (`fiat-t5x eval`), and the inference commands' own names (`icl`, `fiat_infer`).
+A training run also writes `{"step": S, "run": ..., "writer": "train", "event": "run_start"}`
+when it starts from step S: after a restart, rows of earlier runs past S describe steps that
+were trained again (or lost), so readers drop them (`fiat_t5x.sweeps.metrics`) and never
+average two copies of a replayed step.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import secrets
 from collections.abc import Mapping
 
-import jax
-from clu import metric_writers
-
 METRICS_FILE = "metrics.jsonl"
+# Row fields besides the metrics.
+STEP_FIELD, RUN_FIELD, WRITER_FIELD, EVENT_FIELD = "step", "run", "writer", "event"
+RUN_START_EVENT = "run_start"
+# Writers.
+TRAIN_WRITER = "train"
+TRAIN_EVAL_WRITER = "train_eval"
+EVAL_COMMAND_WRITER = "eval_command"
+
+_RUN_ID: str | None = None
+
+
+def run_id() -> str:
+    """This process start's id: start time, process id and a random tag (sortable by time)."""
+    global _RUN_ID
+    if _RUN_ID is None:
+        now = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        _RUN_ID = f"{now}-{os.getpid()}-{secrets.token_hex(2)}"
+    return _RUN_ID
+
+
+def append_row(model_dir: str, step: int, values: Mapping[str, object], writer: str) -> str:
+    """Append one row `{"step", "run", "writer", **values}` to MODEL_DIR/metrics.jsonl (the
+    caller makes sure only one process writes); returns the file's path."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, METRICS_FILE)
+    row = {STEP_FIELD: int(step), RUN_FIELD: run_id(), WRITER_FIELD: writer, **values}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+    return path
 
 
 class MetricsWriter:
-    """Writes `{name: float}` per step to TensorBoard event files and to a JSON lines file."""
+    """Writes `{name: float}` per step to TensorBoard event files and to the JSON lines file."""
 
     def __init__(self, model_dir: str, *, tensorboard: bool = True) -> None:
+        import jax
+        from clu import metric_writers
+
         self.is_writer = jax.process_index() == 0
+        self.model_dir = model_dir
         self.path = os.path.join(model_dir, METRICS_FILE)
         logdir = model_dir if (tensorboard and self.is_writer) else None
         self._writer = metric_writers.create_default_writer(
@@ -29,24 +71,19 @@ class MetricsWriter:
         if self.is_writer:
             os.makedirs(model_dir, exist_ok=True)
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    def start_run(self, step: int) -> None:
+        """Record that a training run starts (or resumes) from `step`."""
+        if self.is_writer:
+            append_row(self.model_dir, step, {EVENT_FIELD: RUN_START_EVENT}, TRAIN_WRITER)
+
+    def write(self, step: int, scalars: Mapping[str, float], writer: str = TRAIN_WRITER) -> None:
         values = {k: float(v) for k, v in scalars.items()}
         self._writer.write_scalars(int(step), values)
         if self.is_writer:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": int(step), **values}, sort_keys=True) + "\n")
+            append_row(self.model_dir, step, values, writer)
 
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
-
-
-def read_metrics(model_dir: str) -> list[dict[str, float]]:
-    """All records of `MODEL_DIR/metrics.jsonl` in order (empty if none)."""
-    path = os.path.join(model_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

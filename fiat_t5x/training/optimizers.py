@@ -165,12 +165,22 @@ class TrainableSelector:
                 "has a LoraConfig (gin/peft/lora.gin); for full fine-tuning use patterns=('.*',)."
             )
         if self.frozen_dtype is not None:
-            dtype = jnp.dtype(self.frozen_dtype)
-            frozen = {
-                k: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
-                for k, v in frozen.items()
-            }
+            frozen = {k: self._as_frozen(v) for k, v in frozen.items()}
         return unflatten_params(trainable), unflatten_params(frozen)
+
+    def stored_dtype(self, path: str, dtype: Any) -> Any:
+        """The dtype in which the parameter at `path` (created in `dtype`) is kept."""
+        if self.frozen_dtype is None or self.is_trainable(path):
+            return dtype
+        return jnp.dtype(self.frozen_dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype
+
+    def _as_frozen(self, leaf: Any) -> Any:
+        dtype = jnp.dtype(self.frozen_dtype)
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):  # abstract shapes (start-up, preflight)
+            return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
+        return leaf.astype(dtype)
 
 
 def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> Params:
@@ -178,9 +188,3 @@ def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> Par
     flat = flatten_params(frozen)
     flat.update(flatten_params(trainable))
     return unflatten_params(flat)
-
-
-def select_like(tree: Mapping[str, Any], like: Mapping[str, Any]) -> Params:
-    """The sub-tree of `tree` with exactly the paths of `like` (e.g. logical axes of trainables)."""
-    flat = flatten_params(tree)
-    return unflatten_params({k: flat[k] for k in flatten_params(like)})

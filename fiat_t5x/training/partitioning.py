@@ -8,12 +8,15 @@ on a GPU box or on a TPU pod slice: only `num_partitions` (the `model` axis size
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -21,7 +24,10 @@ MODEL_AXIS = "model"
 
 # T5X's standard rules for 1-D model parallelism ("Megatron" style): the wide dimensions
 # (mlp, heads, joined_kv, vocab) are split over `model`; `embed` stays whole so activations
-# need one all-reduce per block. LoRA's rank is tiny and stays replicated.
+# need one all-reduce per block. LoRA's rank is tiny and stays replicated; a scanned stack's
+# `layers` axis is never split. Activations have their own names (`fiat_t5x.models.activation_axes`,
+# MaxText's): the batch over `data`, the wide hidden dimensions over `model` like their kernels,
+# length and embed whole (a pod rule table may split `activation_length` or `activation_embed`).
 STANDARD_LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", DATA_AXIS),
     ("vocab", MODEL_AXIS),
@@ -33,24 +39,52 @@ STANDARD_LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("relpos_buckets", None),
     ("lora_rank", None),
     ("length", None),
+    ("layers", None),
+    ("activation_batch", DATA_AXIS),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", MODEL_AXIS),
+    ("activation_heads", MODEL_AXIS),
+    ("activation_kv", None),
+    ("activation_vocab", MODEL_AXIS),
 )
 
 
-def create_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 2-D mesh [data, model] over all (global) devices.
+def device_grid(num_partitions: int, devices: Sequence[Any]) -> np.ndarray:
+    """The devices as a [data, model] grid: `model` holds `num_partitions` devices that talk the
+    most (neighbours on the chips' interconnect), `data` the rest.
 
-    `num_partitions` is the model-parallel size; the rest of the devices form the data axis.
-    Devices are ordered so that a model-parallel group sits on one host when it can.
+    Within one slice `mesh_utils.create_device_mesh` picks the order from the TPU topology (on
+    CPUs and GPUs it keeps the given order). Devices of several slices (`slice_index`, e.g.
+    multi-slice TPU over the data-centre network) get `create_hybrid_device_mesh`: each slice
+    is its own [data, model] block and the blocks are stacked along `data`, so only gradient
+    reductions cross slices.
     """
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list(devices)
     if num_partitions < 1 or len(devices) % num_partitions:
         raise ValueError(
             f"create_mesh: num_partitions={num_partitions} must divide the {len(devices)} "
             "devices; set `Partitioner.num_partitions` (gin/partitioning/*.gin) accordingly."
         )
-    devices.sort(key=lambda d: (d.process_index, d.id))
-    grid = np.asarray(devices, dtype=object).reshape(len(devices) // num_partitions, num_partitions)
-    return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+    slices = sorted({getattr(d, "slice_index", 0) or 0 for d in devices})
+    if len(slices) == 1:
+        shape = (len(devices) // num_partitions, num_partitions)
+        return mesh_utils.create_device_mesh(shape, devices)
+    per_slice = len(devices) // len(slices)
+    if per_slice % num_partitions:
+        raise ValueError(
+            f"create_mesh: num_partitions={num_partitions} must divide the {per_slice} devices "
+            f"of each of the {len(slices)} slices: model parallelism stays inside a slice"
+        )
+    return mesh_utils.create_hybrid_device_mesh(
+        (per_slice // num_partitions, num_partitions), (len(slices), 1), devices
+    )
+
+
+def create_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 2-D mesh [data, model] over all (global) devices; see `device_grid`."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(device_grid(num_partitions, devices), (DATA_AXIS, MODEL_AXIS))
 
 
 def logical_to_spec(
@@ -109,6 +143,14 @@ class Partitioner:
     @property
     def data_parallel_size(self) -> int:
         return self.mesh.shape[DATA_AXIS]
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Trace under this mesh and rule table, so that the network's logical sharding
+        constraints on activations (`nn.with_logical_constraint`) take effect; outside it they
+        are no-ops. Every jitted function of the trainer is lowered inside this context."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.logical_axis_rules):
+            yield
 
     @property
     def replicated(self) -> NamedSharding:

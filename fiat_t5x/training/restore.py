@@ -7,11 +7,18 @@ import logging
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
 from fiat_t5x.training.checkpointing import CheckpointManager
 from fiat_t5x.training.initial_params import initial_params
-from fiat_t5x.training.optimizers import flatten_params, unflatten_params
+from fiat_t5x.training.optimizers import (
+    ALL_PATTERNS,
+    TrainableSelector,
+    flatten_params,
+    unflatten_params,
+)
+from fiat_t5x.training.partitioning import Partitioner
 
 
 def trained_params(
@@ -21,19 +28,35 @@ def trained_params(
     *,
     seed: int = 0,
     require_checkpoint: bool = False,
+    partitioner: Partitioner | None = None,
 ) -> tuple[dict, int]:
     """(full params, step): INITIAL_CHECKPOINT_PATH's base with the trained parameters of the
-    newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none).
+    newest intact checkpoint in MODEL_DIR laid over it (step 0 when there is none), as
+    `jax.Array`s placed by the training start-up (`initial_params`) on `partitioner`'s mesh
+    (eval and infer pass the run's; default: this process's first device, as for τ's decoding).
 
     The base must be the one training started from: the same path, or for a random init
     (`initial_checkpoint_path=None`) the trainer's RANDOM_SEED as `seed`. With
     `require_checkpoint` a MODEL_DIR without a checkpoint raises FileNotFoundError instead of
-    falling back to the initial parameters.
+    falling back to the initial parameters. With a `partitioner` the params come back on its
+    mesh, sharded by the model's logical axes as in training (the trained ones restored straight
+    onto their base's shardings, each process reading its shards).
     """
-    params = flatten_params(initial_params(model, initial_checkpoint_path, seed))
+    everything = TrainableSelector(patterns=ALL_PATTERNS)
+    partitioner = partitioner or Partitioner(devices=jax.local_devices()[:1])
+    placed, _ = initial_params(model, partitioner, initial_checkpoint_path, everything, seed)
+    params = flatten_params(placed)
     restored = None
     if model_dir and os.path.isdir(model_dir):
-        restored = CheckpointManager(model_dir).restore_latest_params()
+
+        def sharding_for(path: str, shape: tuple[int, ...]) -> Any:
+            """A trained parameter goes where the base's of that path went."""
+            leaf = params.get(path)
+            if leaf is not None and tuple(leaf.shape) == tuple(shape):
+                return leaf.sharding
+            return partitioner.replicated  # does not fit the model: reported below
+
+        restored = CheckpointManager(model_dir).restore_latest_params(sharding_for)
     if restored is None:
         if require_checkpoint:
             raise FileNotFoundError(
@@ -56,6 +79,6 @@ def trained_params(
             f"{unknown[:5]}, shape mismatches {wrong[:5]}; is the gin model (incl. LoRA "
             "targets/rank) the one it was trained with?"
         )
-    params.update(flat)
+    params.update({k: jax.device_put(v, params[k].sharding) for k, v in flat.items()})
     logging.info("using %d trained parameters from step %d of %s", len(flat), step, model_dir)
     return unflatten_params(params), step

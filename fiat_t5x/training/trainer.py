@@ -3,13 +3,14 @@
 The step differentiates only the trainable sub-tree: the frozen weights enter the loss as
 constants, so backprop computes just the activation gradients it needs to reach the LoRA
 factors, and the optimizer never sees the frozen weights. Microbatching splits the global
-batch into `num_microbatches` slices along the batch axis, runs them in a `lax.scan`, and
-combines gradients so that the update equals the full-batch update.
+batch into `num_microbatches` slices, each still split over the `data` axis, runs them in a
+`lax.scan`, and combines gradients so that the update equals the full-batch update.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,18 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fiat_t5x import cpu_tuning
 from fiat_t5x.models.losses import loss_normalizing_factor_and_weights
 from fiat_t5x.training import flops as flops_lib
+from fiat_t5x.training.initial_params import StartupPlan, initial_params, plan_startup
 from fiat_t5x.training.optimizers import (
     Schedule,
     TrainableSelector,
     constant_schedule,
     merge_params,
-    select_like,
 )
-from fiat_t5x.training.partitioning import Partitioner
+from fiat_t5x.training.partitioning import DATA_AXIS, Partitioner
 from fiat_t5x.training.train_state import TrainState
 
 Batch = Mapping[str, Any]
@@ -64,44 +66,86 @@ class Trainer:
         self.learning_rate = learning_rate
         self.selector = selector or TrainableSelector()
         self.num_microbatches = int(num_microbatches)
+        if self.num_microbatches < 1:
+            raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
         self.dropout_key = jax.random.key_data(jax.random.PRNGKey(dropout_seed))
-        self._logical_axes = model.logical_axes()
         self._train_step = None
         self._compiled_train = None
         self._eval_step = None
+        self._create_state = None
         self.flops_per_step: float | None = None
-        self.state_shardings = None
-        self.frozen_shardings = None
+
+    # ------------------------------------------------------------------ layout
+    # Shapes, stored dtypes and shardings of everything the steps take, from abstract shapes
+    # (computed on first use: a model without parameters, as in some tests, never needs them).
+
+    @functools.cached_property
+    def _plan(self) -> StartupPlan:
+        return plan_startup(self.model, self.partitioner, self.selector, loaded=())
+
+    @functools.cached_property
+    def trainable_shapes(self) -> Any:
+        return self._plan.subset(self._plan.trainable)
+
+    @functools.cached_property
+    def frozen_shapes(self) -> Any:
+        return self._plan.subset(set(self._plan.shapes) - self._plan.trainable)
+
+    @functools.cached_property
+    def frozen_shardings(self) -> Any:
+        return _shardings(self.frozen_shapes)
+
+    @functools.cached_property
+    def state_shardings(self) -> TrainState:
+        trainable_sh = _shardings(self.trainable_shapes)
+        opt_shapes = jax.eval_shape(self.optimizer.init, self.trainable_shapes)
+        opt_sh = self.partitioner.opt_state_shardings(
+            opt_shapes, self.trainable_shapes, trainable_sh
+        )
+        return TrainState(step=self.partitioner.replicated, params=trainable_sh, opt_state=opt_sh)
 
     # ------------------------------------------------------------------ state
 
-    def create_state(self, params: Mapping[str, Any]) -> tuple[TrainState, Any]:
-        """Split a full parameter tree, place both halves on the mesh, init the optimizer.
-
-        Returns (state, frozen). `params` may be host numpy arrays or jax arrays.
-        """
-        trainable, frozen = self.selector.split(params)
-        p = self.partitioner
-        trainable_axes = select_like(self._logical_axes, trainable)
-        frozen_axes = select_like(self._logical_axes, frozen)
-        trainable_sh = p.param_shardings(trainable, trainable_axes)
-        self.frozen_shardings = p.param_shardings(frozen, frozen_axes)
-        opt_shapes = jax.eval_shape(self.optimizer.init, trainable)
-        opt_sh = p.opt_state_shardings(opt_shapes, trainable, trainable_sh)
-        self.state_shardings = TrainState(step=p.replicated, params=trainable_sh, opt_state=opt_sh)
-        frozen = jax.device_put(frozen, self.frozen_shardings)
-        trainable = jax.device_put(trainable, trainable_sh)
-        init = jax.jit(
-            lambda t: TrainState.create(t, self.optimizer), out_shardings=self.state_shardings
+    def initial_state(self, checkpoint_path: str | None, seed: int = 0) -> tuple[TrainState, Any]:
+        """(state, frozen) on the mesh from a base checkpoint (or a random init for None):
+        the sharded start-up of `initial_params`, then the optimizer state created sharded."""
+        trainable, frozen = initial_params(
+            self.model, self.partitioner, checkpoint_path, self.selector, seed
         )
-        return init(trainable), frozen
+        return self.state_from(trainable), frozen
 
-    def abstract_state(self, params: Mapping[str, Any]) -> TrainState:
-        """ShapeDtypeStructs (with shardings) of the state, for restoring a checkpoint."""
-        if self.state_shardings is None:
-            raise RuntimeError("call create_state before abstract_state")
-        trainable, _ = self.selector.split(params)
-        shapes = jax.eval_shape(lambda t: TrainState.create(t, self.optimizer), trainable)
+    def create_state(self, params: Mapping[str, Any]) -> tuple[TrainState, Any]:
+        """(state, frozen) from a full host parameter tree (numpy or jax arrays): split, placed
+        with the partitioner's shardings, optimizer state created. For tests and small models;
+        runs start with `initial_state`, which never holds the whole tree on one host."""
+        trainable, frozen = self.selector.split(params)
+        frozen = jax.device_put(frozen, self.frozen_shardings)
+        # A copy: the state creation donates it, and the caller keeps `params`.
+        trainable = jax.device_put(trainable, self.state_shardings.params, may_alias=False)
+        return self.state_from(trainable), frozen
+
+    def create_state_function(self) -> Any:
+        """The jitted `trainable -> TrainState` (optimizer state created sharded; the trainable
+        arrays are donated, so the state's params are the same buffers)."""
+        if self._create_state is None:
+            self._create_state = jax.jit(
+                lambda t: TrainState.create(t, self.optimizer),
+                out_shardings=self.state_shardings,
+                donate_argnums=(0,),
+            )
+        return self._create_state
+
+    def state_from(self, trainable: Any) -> TrainState:
+        """A fresh TrainState (step 0) around trainable params already on the mesh."""
+        with self.partitioner.context():
+            return self.create_state_function()(trainable)
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs (with shardings) of the state, e.g. for restoring a checkpoint or
+        compiling ahead of time."""
+        shapes = jax.eval_shape(
+            lambda t: TrainState.create(t, self.optimizer), self.trainable_shapes
+        )
         return jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             shapes,
@@ -137,17 +181,12 @@ class Trainer:
         full_factor = self._normalizer(batch)
         if m == 1:
             return self._loss_and_grads(trainable, frozen, batch, rng)
-        rows = next(iter(batch.values())).shape[0]
-        if rows % m:
-            raise ValueError(
-                f"BATCH_SIZE rows per step ({rows}) is not divisible by num_microbatches={m}"
-            )
-        micro = jax.tree.map(lambda x: x.reshape(m, rows // m, *x.shape[1:]), dict(batch))
+        micro = self._split_microbatches(batch)
 
         def body(carry, xs):
             index, mb = xs
             loss, metrics, grads = self._loss_and_grads(
-                trainable, frozen, mb, None if rng is None else jax.random.fold_in(rng, index)
+                trainable, frozen, mb, jax.random.fold_in(rng, index)
             )
             scale = self._normalizer(mb) / full_factor
             tokens = metrics["weight_sum"].astype(jnp.float32)
@@ -168,7 +207,9 @@ class Trainer:
             lambda: self._loss_and_grads(trainable, frozen, first, rng)[1]
         )
         zeros_metrics = {k: jnp.zeros(s.shape, jnp.float32) for k, s in metric_shapes.items()}
-        zeros_grads = jax.tree.map(jnp.zeros_like, trainable)
+        zeros_grads = jax.lax.with_sharding_constraint(
+            jax.tree.map(jnp.zeros_like, trainable), self.state_shardings.params
+        )
         (loss, metrics, grads), _ = jax.lax.scan(
             body, (jnp.zeros((), jnp.float32), zeros_metrics, zeros_grads), (jnp.arange(m), micro)
         )
@@ -176,10 +217,35 @@ class Trainer:
         metrics = {k: v / tokens if k in _TOKEN_MEAN_METRICS else v for k, v in metrics.items()}
         return loss, metrics, grads
 
+    def _split_microbatches(self, batch: Batch) -> dict[str, jax.Array]:
+        """[rows, ...] -> [m, rows/m, ...], microbatch i holding rows i, i+m, i+2m, ...
+
+        Each device's rows are split among the microbatches (not whole microbatches among the
+        devices): the microbatch axis is unsharded and every microbatch stays split over
+        `data`, so no data moves, all devices work on every microbatch, and only one
+        microbatch's activations are live at a time.
+        """
+        m = self.num_microbatches
+        rows = next(iter(batch.values())).shape[0]
+        data = self.partitioner.data_parallel_size
+        if rows % m or (rows // m) % data:
+            raise ValueError(
+                f"BATCH_SIZE rows per step ({rows}) must split into num_microbatches={m} "
+                f"microbatches whose rows divide over the {data} data-parallel devices; pick "
+                f"NUM_MICROBATCHES dividing {rows // data} (rows per device)"
+            )
+        sharding = NamedSharding(self.partitioner.mesh, PartitionSpec(None, DATA_AXIS))
+
+        def split(x: jax.Array) -> jax.Array:
+            y = jnp.swapaxes(x.reshape(rows // m, m, *x.shape[1:]), 0, 1)
+            return jax.lax.with_sharding_constraint(y, sharding)
+
+        return jax.tree.map(split, dict(batch))
+
     def _train_step_impl(self, state: TrainState, frozen, batch) -> tuple[TrainState, Metrics]:
-        rng = None
-        if getattr(self.model.config, "dropout_rate", 0.0) > 0:
-            rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
+        # Always a per-step key: the model decides what uses it (dropout in the network, LoRA's
+        # dropout on the adapter input, or nothing), so no dropout setting is silently ignored.
+        rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
         loss, metrics, grads = self._accumulated(state.params, frozen, batch, rng)
         with jax.named_scope("optimizer"):  # names the update's ops in profiles (bench/)
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -221,40 +287,58 @@ class Trainer:
             compiler_options=options,
         )
 
+    def compile_train_step(self, state: Any, frozen: Any, batch: Any) -> Any:
+        """The train step compiled for these arguments (arrays or ShapeDtypeStructs with
+        shardings), traced under the partitioner's mesh and rules; sets `flops_per_step` (per
+        device). Preflight compiles it with abstract shapes; `train_step` with the first batch."""
+        if self._train_step is None:
+            self._compile_steps()
+        with self.partitioner.context():
+            traced = self._train_step.trace(state, frozen, batch)
+            compiled = traced.lower().compile()
+        devices = self.partitioner.mesh.devices.size
+        self.flops_per_step = flops_lib.jaxpr_flops(traced.jaxpr) / devices
+        return compiled
+
     def train_step(self, state: TrainState, frozen, batch: Mapping[str, jax.Array]):
         """One optimizer update on a global batch (already on the mesh). Donates `state`.
 
         Compiled ahead of time on first use (one compile per Trainer), which also gives the
         step's FLOPs for MFU.
         """
-        if self._train_step is None:
-            self._compile_steps()
         if self._compiled_train is None:
-            self._compiled_train = self._train_step.lower(state, frozen, batch).compile()
-            self.flops_per_step = flops_lib.flops_of(self._compiled_train)
+            self._compiled_train = self.compile_train_step(state, frozen, batch)
         return self._compiled_train(state, frozen, batch)
 
     def eval_step(self, state: TrainState, frozen, batch: Mapping[str, jax.Array]) -> Metrics:
         """Teacher-forced loss/accuracy metrics of one global batch (no update)."""
         if self._eval_step is None:
             self._compile_steps()
-        return self._eval_step(state, frozen, batch)
+        with self.partitioner.context():
+            return self._eval_step(state, frozen, batch)
+
+
+def _shardings(shapes: Any) -> Any:
+    return jax.tree.map(lambda s: s.sharding, shapes)
 
 
 @dataclasses.dataclass
 class LoopHooks:
     """Callbacks of the training loop, all optional.
 
-    save(state, data_position, force) -> None: checkpoint (the manager decides on the period).
+    save(state, step, data_position, force) -> None: checkpoint (the manager decides on the
+      period); `step` is the state's step as the loop counts it, so no hook reads it back from
+      the device.
     evaluate(state, frozen) -> dict of metrics, called every `eval_period` steps.
     stop_requested(step) -> bool: e.g. SIGTERM received; the loop saves and returns.
-    write_metrics(step, scalars) -> None.
+    write_metrics(step, scalars, writer) -> None: writer is "train" (the loop's log) or
+      "train_eval" (the evaluate hook's results), as metrics.jsonl records them.
     """
 
-    save: Callable[[TrainState, int, bool], None] | None = None
+    save: Callable[[TrainState, int, int, bool], None] | None = None
     evaluate: Callable[[TrainState, Any], Mapping[str, float]] | None = None
     stop_requested: Callable[[int], bool] | None = None
-    write_metrics: Callable[[int, Mapping[str, float]], None] | None = None
+    write_metrics: Callable[[int, Mapping[str, float], str], None] | None = None
 
 
 def train_loop(
@@ -320,22 +404,22 @@ def train_loop(
             history.append(scalars)
             if hooks.write_metrics:
                 hooks.write_metrics(
-                    step, {f"train/{k}": v for k, v in scalars.items() if k != "step"}
+                    step, {f"train/{k}": v for k, v in scalars.items() if k != "step"}, "train"
                 )
             t_last, tokens_since, steps_since = time.perf_counter(), 0, 0
         position = getattr(batches, "position", step)
         if hooks.stop_requested and hooks.stop_requested(step):
             logging.warning("stop requested at step %d: saving a checkpoint and exiting", step)
             if hooks.save:
-                hooks.save(state, position, True)
+                hooks.save(state, step, position, True)
             stopped = True
             break
         if hooks.save:
-            hooks.save(state, position, final)
+            hooks.save(state, step, position, final)
         if hooks.evaluate and eval_period and (step % eval_period == 0 or final):
             results = hooks.evaluate(state, frozen)
             if hooks.write_metrics and results:
-                hooks.write_metrics(step, results)
+                hooks.write_metrics(step, results, "train_eval")
             t_last = time.perf_counter()
     if stopped:
         logging.info("training stopped early at step %d", step)

@@ -150,3 +150,52 @@ def test_records_data_source_yields_splits(tmp_path):
     assert list(source.get_dataset("validation").as_numpy_iterator()) == []
     with pytest.raises(ValueError, match="unknown split 'test'"):
         source.get_dataset("test")
+
+
+def test_jsonl_data_source_reads_split_files_counts_and_names_bad_lines(tmp_path):
+    train = _write(tmp_path / "train.jsonl", ['{"q": "a", "opts": ["x"]}', "", '{"q": "b"}'])
+    bad = _write(tmp_path / "bad.jsonl", ['{"q": "a"}', '{"q": ""}', '{"q": "c"}'])
+    signature = {"q": tf.TensorSpec([], tf.string), "opts": tf.TensorSpec([None], tf.string)}
+    source = sources.jsonl_data_source(
+        {"train": train, "test": [train, bad]},
+        signature,
+        non_empty=("q",),
+        transform=lambda r: {"opts": [], **r.fields},
+    )
+    assert source.num_input_examples("train") == 2  # blank lines are not examples
+    assert source.num_input_examples("test") == 5
+    rows = list(source.get_dataset("train").as_numpy_iterator())
+    assert [(r["q"], list(r["opts"])) for r in rows] == [(b"a", [b"x"]), (b"b", [])]
+    with pytest.raises(sources.MalformedLineError) as info:
+        source.get_dataset("test")
+    assert str(info.value).startswith(f"{bad}:2: field 'q': empty value. Fix this line")
+    assert str(info.value).endswith("--gin.malformed_lines.skip=True")
+
+
+def test_gin_switch_skips_bad_lines_for_sources_that_ask(tmp_path):
+    import gin
+
+    bad = _write(tmp_path / "bad.jsonl", ['{"q": "a"}', '{"q": ""}', '{"q": "c"}'])
+    signature = {"q": tf.TensorSpec([], tf.string)}
+    asks = sources.jsonl_data_source({"train": bad}, signature, non_empty=("q",))
+    fixed = sources.jsonl_data_source(
+        {"train": bad}, signature, non_empty=("q",), skip_malformed=False
+    )
+    with gin.unlock_config():
+        gin.parse_config("malformed_lines.skip = True")
+    try:
+        assert [r["q"] for r in asks.get_dataset("train").as_numpy_iterator()] == [b"a", b"c"]
+        with pytest.raises(
+            sources.MalformedLineError, match="skip_malformed=True to jsonl_data_source"
+        ):
+            fixed.get_dataset("train")
+    finally:
+        gin.clear_config()
+
+
+def test_an_example_without_a_signature_field_names_its_line(tmp_path):
+    path = _write(tmp_path / "a.jsonl", ['{"q": "a", "id": "1"}', '{"q": "b"}'])
+    signature = {"q": tf.TensorSpec([], tf.string), "id": tf.TensorSpec([], tf.string)}
+    source = sources.jsonl_data_source({"train": path}, signature)
+    with pytest.raises(sources.MalformedLineError, match=r"a\.jsonl:2: lacks \['id'\]"):
+        source.get_dataset("train")

@@ -182,3 +182,18 @@ def test_settings_from_gin_and_flags_win(tmp_path, fake_gcloud, capsys):
 def test_missing_required_setting_is_named(capsys):
     assert tpu.main(["create", "--tpu_name", "x", "--zone", "z", "--dry_run"]) == 2
     assert "--project is required" in capsys.readouterr().err
+
+
+def test_install_pip_ships_a_local_wheel_and_runs_without_a_checkout(fake_gcloud, tmp_path):
+    wheel = tmp_path / "fiat_t5x-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    flags = [*COMMON, "--accelerator_type", "v4-8", "--install", "pip", "--package", str(wheel)]
+    assert tpu.main(["setup", *flags]) == 0
+    train = ["python3", "-m", "fiat_t5x.train", "--gin_file=gin/fiat/demo.gin"]
+    assert tpu.main(["run", *flags, "--", *train]) == 0
+    scp, install, run = fake_gcloud()
+    assert scp[:6] == ["compute", "tpus", "tpu-vm", "scp", str(wheel), f"fiat:~/{wheel.name}"]
+    assert f"pip install -q ~/{wheel.name} 'jax[tpu]==0.10.2'" in install[-1]
+    # No checkout on the workers: the command runs in the home directory, gin files come
+    # from the installed package.
+    assert "cd ~/fiat-t5x" not in run[-1]

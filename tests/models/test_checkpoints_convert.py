@@ -42,14 +42,14 @@ def test_t5x_to_hf_with_gin_config(checkpoint, fixture_params, tmp_path, capsys)
     config, params = load_hf_t5(str(out))
     _assert_same(params, fixture_params)
     # Without --overwrite an existing output is left alone.
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "already exists" in capsys.readouterr().err
 
 
 def test_wrong_config_names_parameter_and_shapes(checkpoint, tmp_path, capsys):
     argv = ["convert", "t5x-to-hf", "--t5x_checkpoint", checkpoint, "--output", str(tmp_path / "x"),
             "--set", "mlp_dim=128"]  # fmt: skip
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "checkpoint has (64, 256), the model needs (64, 128)" in err
     assert not (tmp_path / "x").exists()

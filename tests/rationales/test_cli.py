@@ -44,10 +44,8 @@ def command(server, tmp_path, *extra: str) -> list[str]:
         "beta-m",
         "--api_key_env",
         KEY_ENV,
-        "--backoff_initial_s",
-        "0.01",
-        "--backoff_max_s",
-        "0.05",
+        "--gin.openai_http.OpenAIProvider.backoff_initial_s=0.01",
+        "--gin.openai_http.OpenAIProvider.backoff_max_s=0.05",
         "--verbose",
         *extra,
     ]
@@ -87,9 +85,9 @@ def test_generate_then_status(tmp_path):
     assert set(store.texts("toy", "train")) == set(ids) - {"ex-4"}
     assert set(store.failures("toy", "train")) == {"ex-4"}
     job = json.loads((tmp_path / "store" / "job.json").read_text())
-    assert (
-        job["rationale_job"]["api_key_env"] == KEY_ENV and job["rationale_job"]["model"] == "beta-m"
-    )
+    assert job["beta"]["settings"]["api_key_env"] == KEY_ENV  # the variable's name only
+    assert job["beta"]["identity"]["model"] == "beta-m" and job["job"]["splits"] == ["train"]
+    assert "<function" not in json.dumps(job)
     status = run(
         [
             sys.executable,
@@ -178,42 +176,41 @@ def test_second_job_on_the_same_store_is_refused(tmp_path):
             first.send_signal(signal.SIGTERM)
             first.wait(10)
     assert first.returncode == 130  # SIGTERM stops the job cleanly: rerun resumes it
-    assert second.returncode == 1
-    assert f"being written by another job (pid {first.pid} " in second.stderr
+    assert second.returncode == 2
+    (line,) = [line for line in second.stderr.splitlines() if ": error: " in line]
+    assert f"being written by another job (pid {first.pid} " in line
+    assert "Traceback" not in second.stderr
     assert max(rationale_counts(tmp_path / "store").values(), default=1) == 1
 
 
-def test_gin_file_with_required_values(tmp_path):
+def test_gin_macros_with_a_flag_for_the_missing_one(tmp_path):
+    """The macros the dataset gin files share with training (gin/runs/rationales.gin); a missing
+    one is named in one line, and its flag supplies it."""
     write_examples(tmp_path / "train.jsonl", 3)
     write_ibeta(tmp_path)
-    gin_file = str(REPO / "gin" / "runs" / "rationales.gin")
     with FakeOpenAIServer(api_key=KEY) as server:
-        bindings = [
-            "TASK = 'toy'",
-            f"STORE_DIR = '{tmp_path / 'store'}'",
-            f"IBETA_FILE = '{tmp_path / 'ibeta.json'}'",
-            f"BETA_BASE_URL = '{server.base_url}'",
-            f"BETA_API_KEY_ENV = '{KEY_ENV}'",
-            "rationale_job.input_jsonl = '%s'" % (tmp_path / "train.jsonl"),
+        args = [
+            "--gin.BASE_TASK='toy'",
+            f"--gin.RATIONALE_STORE='{tmp_path / 'store'}'",
+            f"--gin.IBETA_FILE='{tmp_path / 'ibeta.json'}'",
+            f"--gin.BETA_BASE_URL='{server.base_url}'",
+            f"--gin.BETA_API_KEY_ENV='{KEY_ENV}'",
+            "--gin.RATIONALE_SPLITS=['train']",
+            "--gin.job.RationaleJob.input_files={'train': '%s'}" % (tmp_path / "train.jsonl"),
         ]
-        base = [
-            sys.executable,
-            "-m",
-            "fiat_t5x.cli",
-            "rationales",
-            "generate",
-            "--gin_file",
-            gin_file,
-        ]
-        args = [a for b in bindings for a in ("--gin_bindings", b)]
-        missing = run([*base, *args, "--no_progress"])
-        assert missing.returncode == 1
-        assert "BETA_MODEL" in missing.stderr and "not subsequently overridden" in missing.stderr
-        assert "BETA_MODEL (--model)" in missing.stderr
-        done = run([*base, *args, "--model", "beta-from-flag", "--no_progress"])
+        base = [sys.executable, "-m", "fiat_t5x.cli", "rationales", "generate", "--no_progress"]
+        missing = run([*base, *args])
+        asked, store_made = len(server.requests), (tmp_path / "store").exists()
+        done = run([*base, *args, "--model", "beta-from-flag"])
+    assert missing.returncode == 2 and asked == 0
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, missing.stderr
+    (line,) = lines
+    assert "model not set" in line and "BETA_MODEL" in line and "--model" in line
+    assert "In call to configurable" not in missing.stderr and not store_made
     assert done.returncode == 0, done.stderr
     assert server.requests[0].body["model"] == "beta-from-flag"
     job = json.loads((tmp_path / "store" / "job.json").read_text())
-    assert "rationale_job.temperature = 0.0" in job["gin"]
+    assert "openai_http.OpenAIProvider.temperature = 0.0" in job["gin"]
     assert len(RationaleStore.open_readonly(tmp_path / "store").texts("toy", "train")) == 3
     assert_key_nowhere(tmp_path / "store", done.stdout, done.stderr)

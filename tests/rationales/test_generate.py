@@ -10,14 +10,14 @@ import pytest
 from fiat_t5x.rationales.fake_openai import FakeOpenAIServer, Reply, quote_last_line
 from fiat_t5x.rationales.generate import Example, generate_rationales, identity_for
 from fiat_t5x.rationales.prompts import PromptError, load_prompt
-from fiat_t5x.rationales.providers.openai_http import OpenAIConfig, OpenAIProvider
-from fiat_t5x.rationales.providers.replay import ReplayConfig, ReplayProvider
+from fiat_t5x.rationales.providers.openai_http import OpenAIProvider
+from fiat_t5x.rationales.providers.replay import ReplayProvider
 from fiat_t5x.rationales.store import RationaleStore, StoreMismatchError
 
 from .helpers import question, rationale_counts, write_ibeta
 
 SCRIPT = {
-    "[perm]": [Reply.error(404)],
+    "[perm]": [Reply.error(422)],
     "[down]": [Reply.error(503)] * 50,
     "[flaky]": [Reply.error(429, retry_after="0.01"), Reply.error(500), Reply.dropped()],
     "[json]": [Reply.broken_json()],
@@ -30,7 +30,7 @@ def examples(n: int) -> list[Example]:
 
 
 def provider(server: FakeOpenAIServer) -> OpenAIProvider:
-    config = OpenAIConfig(
+    return OpenAIProvider(
         base_url=server.base_url,
         model="m",
         api_key_env="",
@@ -38,8 +38,8 @@ def provider(server: FakeOpenAIServer) -> OpenAIProvider:
         max_attempts=4,
         backoff_initial_s=0.005,
         backoff_max_s=0.02,
+        seed=0,
     )
-    return OpenAIProvider(config, seed=0)
 
 
 def run_job(tmp_path, server, data, **kwargs):
@@ -64,7 +64,7 @@ def test_every_example_ends_with_one_rationale_or_one_failure(tmp_path):
     for example in data:  # each rationale answers its own example's prompt
         if example.example_id in texts:
             assert texts[example.example_id] == quote_last_line(prompt.render(example.fields))
-    assert failures["ex-3"].permanent and failures["ex-3"].kind == "http_404"
+    assert failures["ex-3"].permanent and failures["ex-3"].kind == "http_422"
     assert not failures["ex-7"].permanent and failures["ex-7"].attempts == 4
     assert set(failures) == {"ex-3", "ex-7"}
     record = store.rationale("toy", "train", "ex-11")
@@ -84,7 +84,7 @@ def test_resume_asks_only_for_what_is_missing(tmp_path):
         before = len(server.requests)
         summary, store, _ = run_job(tmp_path, server, data, progress=False)
         again = server.requests[before:]
-    # ten new examples plus the retryable failure (ex-7 again 4 times); ex-3 (404) is settled
+    # ten new examples plus the retryable failure (ex-7 again 4 times); ex-3 (422) is settled
     asked = [r.prompt.rsplit("Q: ", 1)[1].removesuffix("\nA: ") for r in again]
     assert sorted(set(asked)) == sorted({question(i, TAGS.get(i, "")) for i in [7, *range(20, 30)]})
     assert summary.already_done == 18 and summary.already_failed == 1
@@ -119,7 +119,7 @@ def test_replay_provider_fills_a_store_and_names_missing_ids(tmp_path):
     ]
     replay.write_text("".join(json.dumps(line) + "\n" for line in lines))
     prompt = load_prompt(write_ibeta(tmp_path), "toy")
-    beta = ReplayProvider(ReplayConfig(str(replay), model="palm2-l offline"))
+    beta = ReplayProvider(str(replay), model="palm2-l offline")
     with RationaleStore.open_for_writing(tmp_path / "s", identity_for(beta, prompt)) as store:
         summary = generate_rationales(
             examples(3),

@@ -4,6 +4,8 @@ writes its rationales with local token counts."""
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from fiat_t5x.rationales.store import RationaleStore
 from .helpers import write_ibeta
 
 DECODE = 8
+GIN = pathlib.Path(__file__).resolve().parents[2] / "gin"
 
 
 class Bytes:
@@ -101,38 +104,39 @@ def test_job_with_the_local_provider(beta, tmp_path):
     }
 
 
-def test_cli_builds_a_local_provider_from_a_t5x_checkpoint(shared_dir, tmp_path):
-    from fiat_t5x.rationales.cli import build_provider
+def test_gin_built_checkpoint_provider_loads_on_first_use(shared_dir, tmp_path):
+    import gin
+    from fiat_t5x.rationales.job import RationaleJob
+    from fiat_t5x.rationales.providers.t5_checkpoint import T5CheckpointProvider
 
     checkpoint = shared_dir / "fixtures" / "t5x_tiny_checkpoint" / "legacy" / "checkpoint_1000"
-    options = dict(
-        model="fixture@1000",
-        base_url=None,
-        endpoint="chat",
-        api_key_env=None,
-        stop=(),
-        system_prompt=None,
-        timeout_s=1.0,
-        concurrency=1,
-        max_attempts=1,
-        backoff_initial_s=1.0,
-        backoff_max_s=1.0,
-        replay_file=None,
-        replay_text_field="rationale",
-        id_field="id",
+    gin.clear_config()
+    gin.parse_config_files_and_bindings(
+        [str(GIN / "runs" / "rationales.gin"), str(GIN / "fiat" / "beta" / "local_t5.gin")],
+        [
+            f"BETA_CHECKPOINT = '{checkpoint}'",
+            "BETA_VOCABULARY = 'byte'",
+            "BETA_MODEL = 'fixture@1000'",
+            "t5_checkpoint.T5CheckpointProvider.batch_size = 2",
+            "t5_checkpoint.T5CheckpointProvider.max_input_length = 64",
+            f"t5_checkpoint.T5CheckpointProvider.max_decode_length = {DECODE}",
+        ],
+        finalize_config=False,
     )
-    provider = build_provider(
-        provider="local",
-        checkpoint=str(checkpoint),
-        vocabulary="byte",
-        batch_size=2,
-        max_input_length=64,
-        max_tokens=DECODE,
-        temperature=0.0,
-        **options,
-    )
-    assert provider.identity()["config"]["emb_dim"] == 64  # inferred from the checkpoint
+    try:
+        job = gin.get_configurable(RationaleJob)(store_dir="s", task="t", ibeta_file="i")
+    finally:
+        gin.clear_config()
+    provider = job.beta
+    assert isinstance(provider, T5CheckpointProvider)
+    assert "loaded" not in vars(provider)  # building it read nothing
+    assert provider.identity() == {
+        "kind": "local_t5_checkpoint",
+        "model": "fixture@1000",
+        "vocabulary": "byte",
+    }
     assert provider.decoding()["method"] == "greedy"
     ((key, outcome),) = provider.generate([("k", "hello")])
     assert key == "k" and isinstance(outcome, Generation)
     assert outcome.prompt_tokens == len("hello") + 1  # seqio's byte ids, plus EOS
+    assert provider.loaded.model.config.emb_dim == 64  # inferred from the checkpoint

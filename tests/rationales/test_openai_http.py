@@ -11,9 +11,8 @@ import time
 import pytest
 
 from fiat_t5x.rationales.fake_openai import FakeOpenAIServer, Reply, quote_last_line
-from fiat_t5x.rationales.providers.base import Failure, Generation
+from fiat_t5x.rationales.providers.base import Failure, Generation, ProviderConfigError
 from fiat_t5x.rationales.providers.openai_http import (
-    OpenAIConfig,
     OpenAIProvider,
     backoff_delay,
     parse_retry_after,
@@ -31,7 +30,7 @@ def key_env(monkeypatch):
 
 def provider(server, key_env, **overrides) -> OpenAIProvider:
     options = {"model": "beta-model", "api_key_env": key_env, **FAST, **overrides}
-    return OpenAIProvider(OpenAIConfig(base_url=server.base_url, **options), seed=0)
+    return OpenAIProvider(base_url=server.base_url, **options, seed=0)
 
 
 def run(p: OpenAIProvider, prompts: list[str]) -> dict[str, object]:
@@ -153,15 +152,23 @@ def test_api_key_never_leaks(key_env, caplog):
     assert KEY not in repr(p) and KEY not in str(vars(p))
 
 
-def test_configuration_errors_are_explained(monkeypatch):
+def test_configuration_errors_are_explained_by_check_not_by_building(monkeypatch):
+    """Building β records settings only (gin builds it in training runs, without a key);
+    `check()` names every problem before any request."""
     monkeypatch.delenv("FIAT_UNSET_KEY", raising=False)
-    with pytest.raises(ValueError, match="FIAT_UNSET_KEY.*not set"):
-        OpenAIProvider(OpenAIConfig("http://127.0.0.1:1/v1", "m", api_key_env="FIAT_UNSET_KEY"))
-    with pytest.raises(ValueError, match="must not contain credentials"):
-        OpenAIConfig("http://user:pw@127.0.0.1/v1", "m")
-    with pytest.raises(ValueError, match="endpoint"):
-        OpenAIConfig("http://127.0.0.1/v1", "m", endpoint="embeddings")
-    OpenAIProvider(OpenAIConfig("http://127.0.0.1:1/v1", "m", api_key_env=""))  # keyless server
+    unset_key = OpenAIProvider(
+        base_url="http://127.0.0.1:1/v1", model="m", api_key_env="FIAT_UNSET_KEY"
+    )
+    assert unset_key.identity()["model"] == "m"  # usable for identity checks as it is
+    with pytest.raises(ProviderConfigError, match="FIAT_UNSET_KEY.*not set"):
+        unset_key.check()
+    with pytest.raises(ProviderConfigError, match="must not contain credentials"):
+        OpenAIProvider(base_url="http://user:pw@127.0.0.1/v1", model="m").check()
+    with pytest.raises(ProviderConfigError, match="endpoint"):
+        OpenAIProvider(base_url="http://127.0.0.1/v1", model="m", endpoint="embeddings").check()
+    with pytest.raises(ProviderConfigError, match="max_unsaved=4 must be >= concurrency=8"):
+        OpenAIProvider(base_url="http://127.0.0.1/v1", model="m", max_unsaved=4).check_settings()
+    OpenAIProvider(base_url="http://127.0.0.1:1/v1", model="m", api_key_env="").check()
 
 
 def test_retry_after_parsing_and_backoff_bounds():

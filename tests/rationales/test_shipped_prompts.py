@@ -7,9 +7,11 @@ import pathlib
 
 import pytest
 
-from fiat_t5x.rationales.cli import rationale_job, read_examples
+from fiat_t5x.rationales.examples import read_examples
 from fiat_t5x.rationales.fake_openai import FakeOpenAIServer
+from fiat_t5x.rationales.job import RationaleJob, run_job
 from fiat_t5x.rationales.prompts import load_prompt
+from fiat_t5x.rationales.providers.openai_http import OpenAIProvider
 from fiat_t5x.rationales.store import RationaleStore
 
 IBETA_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin" / "fiat" / "ibeta"
@@ -49,18 +51,17 @@ def test_demo_split_through_a_job(tmp_path):
         if example.fields["language"] == "de":
             assert "verschenkt 4" in prompt and "gives 4 away" not in prompt
     with FakeOpenAIServer() as server:
-        summary = rationale_job(
+        job = RationaleJob(
             store_dir=str(tmp_path / "store"),
             task="fiat_demo",
-            split="validation",
-            prompts_file=str(IBETA_DIR / "fiat_demo.yaml"),
-            model="fake",
-            base_url=server.base_url,
-            api_key_env="",
+            ibeta_file=str(IBETA_DIR / "fiat_demo.yaml"),
+            beta=OpenAIProvider(base_url=server.base_url, model="fake", api_key_env=""),
+            splits=("validation",),
             import_modules=("fiat_tasks.demo",),
             limit=6,
             progress=False,
         )
+        (summary,) = run_job(job)
     assert summary.generated == 6
     texts = RationaleStore.open_readonly(tmp_path / "store").texts("fiat_demo", "validation")
     assert set(texts) == {e.example_id for e in examples}

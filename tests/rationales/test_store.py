@@ -129,13 +129,26 @@ def test_damage_before_valid_records_is_corruption_not_a_torn_tail(tmp_path):
 
 
 def test_another_identity_is_refused_naming_the_fields(tmp_path):
-    RationaleStore.open_for_writing(tmp_path, IDENTITY).close()
+    with RationaleStore.open_for_writing(tmp_path, IDENTITY) as store:
+        store.append([failure("1")])  # any record fixes the identity
     other = dataclasses.replace(IDENTITY, decoding={"temperature": 0.7})
     with pytest.raises(StoreMismatchError, match=r"decoding\.temperature.*new directory"):
         RationaleStore.open_for_writing(tmp_path, other)
     prompt_changed = dataclasses.replace(IDENTITY, ibeta_sha256="ef" * 32)
     with pytest.raises(StoreMismatchError, match="ibeta_sha256"):
         RationaleStore.open_for_writing(tmp_path, prompt_changed)
+
+
+def test_a_store_without_records_takes_the_corrected_identity(tmp_path):
+    """A first run stopped by a configuration error (wrong model name, 401) leaves an identity
+    but no record; the corrected run must be able to use the same directory."""
+    RationaleStore.open_for_writing(tmp_path, IDENTITY).close()
+    fixed = dataclasses.replace(IDENTITY, provider={"kind": "test", "model": "the-right-one"})
+    with RationaleStore.open_for_writing(tmp_path, fixed) as store:
+        store.append([rationale("1")])
+    assert RationaleStore.open_readonly(tmp_path).identity == fixed
+    with pytest.raises(StoreMismatchError, match="provider.model"):
+        RationaleStore.open_for_writing(tmp_path, IDENTITY)
 
 
 def _hold_lock(directory, ready, release):

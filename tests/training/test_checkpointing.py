@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fiat_t5x.training import partitioning
-from fiat_t5x.training.checkpointing import CheckpointManager, checksums
+from fiat_t5x.training.checkpointing import CheckpointManager, CheckpointMismatch, checksums
 from fiat_t5x.training.train_state import TrainState
 
 
@@ -116,8 +116,100 @@ def test_restore_latest_params_returns_the_saved_params_without_a_template(tmp_p
     with caplog.at_level(logging.WARNING):
         params, step = CheckpointManager(str(tmp_path)).restore_latest_params()
     assert step == 1 and _leaves_equal(params, older.params)
-    assert any("skipping damaged checkpoint checkpoint_2" in r.message for r in caplog.records)
+    assert any(
+        f"skipping damaged checkpoint {tmp_path}/checkpoint_2:" in r.message for r in caplog.records
+    )
+    assert (tmp_path / "checkpoint_2").is_dir()  # a reader moves nothing
 
 
 def test_restore_latest_params_of_an_empty_dir_is_none(tmp_path):
     assert CheckpointManager(str(tmp_path)).restore_latest_params() is None
+
+
+def _truncate(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    files = _data_files(step_dir)
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return files
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_its_step_can_be_saved_again(tmp_path, caplog):
+    manager = CheckpointManager(str(tmp_path), period=1, keep=5)
+    good, bad = _state(0, 1), _state(1, 2)
+    manager.save(good, 11)
+    manager.save(bad, 22)
+    damaged = _truncate(tmp_path / "checkpoint_2")
+    manager = CheckpointManager(str(tmp_path), period=1, keep=5)
+    with caplog.at_level(logging.WARNING):
+        restored, position = manager.restore_latest(_state(9, 0))
+    assert int(restored.step) == 1 and position == 11
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("checkpoint_2.damaged-")]
+    assert not (tmp_path / "checkpoint_2").exists()
+    assert {p.name for p in damaged} <= {p.name for p in aside.rglob("*")}  # kept, not deleted
+    (warning,) = [r.message for r in caplog.records if "damaged checkpoint" in r.message]
+    # The reason in full: the file that failed, and where the checkpoint went.
+    assert any(f.name in warning for f in damaged), warning
+    assert str(aside) in warning
+    # Retrained, step 2 is saved again (it used to be refused as "already there").
+    assert manager.save(_state(3, 2), 22)
+    assert manager.all_steps() == [1, 2]
+    restored, _ = CheckpointManager(str(tmp_path)).restore_latest(_state(9, 0))
+    assert _leaves_equal(restored.params, _state(3, 2).params)
+
+
+def _lora_state(rank: int, optimizer=None) -> TrainState:
+    params = {"q": {"lora_a": jnp.ones((8, rank), jnp.float32)}, "v": {"kernel": jnp.ones((8,))}}
+    return TrainState.create(params, optimizer or optax.adam(1e-3))
+
+
+def test_another_configuration_stops_with_old_and_new_shapes_and_moves_nothing(tmp_path):
+    CheckpointManager(str(tmp_path), period=1).save(_lora_state(8).replace(step=jnp.asarray(3)), 7)
+    before = sorted(os.listdir(tmp_path))
+    manager = CheckpointManager(str(tmp_path))
+    with pytest.raises(CheckpointMismatch) as rank:
+        manager.restore_latest(_lora_state(4))
+    message = str(rank.value)
+    assert "params/q/lora_a: checkpoint (8, 8) float32 vs now (8, 4) float32" in message
+    assert "optimizer state" in message  # Adam's moments follow the parameter's shape
+    assert "new MODEL_DIR" in message and "--gin.START_OVER_ON_MISMATCH=True" in message
+    with pytest.raises(CheckpointMismatch, match=r"optimizer state: checkpoint 5 arrays"):
+        manager.check_fits(_lora_state(8, optax.sgd(1e-3)).as_dict())
+    assert sorted(os.listdir(tmp_path)) == before
+    manager.check_fits(_lora_state(8).as_dict())  # the same configuration fits
+
+
+def test_start_over_on_mismatch_moves_every_checkpoint_aside(tmp_path):
+    manager = CheckpointManager(str(tmp_path), period=1)
+    for step in (1, 2):
+        manager.save(_lora_state(8).replace(step=jnp.asarray(step)), step)
+    manager.check_fits(_lora_state(4).as_dict(), start_over_on_mismatch=True)
+    assert manager.all_steps() == []
+    names = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+    assert names == ["checkpoint_1.superseded", "checkpoint_2.superseded"]
+    assert manager.restore_latest(_lora_state(4)) is None
+
+
+def test_save_uses_the_step_it_is_given_without_reading_the_state(tmp_path):
+    manager = CheckpointManager(str(tmp_path), period=10)
+    state = _state(0, 4)
+    state.step.delete()  # any read of the step (a host sync) would now raise
+    assert not manager.save(state, 4, step=4)
+
+
+def test_readers_restore_params_onto_a_mesh(tmp_path):
+    state = _state(0, 1)
+    CheckpointManager(str(tmp_path), period=1).save(state, 0)
+    mesh = partitioning.create_mesh(2)  # data 4 x model 2
+    asked = {}
+
+    def sharding_for(path, shape):
+        asked[path] = shape
+        spec = P("data", "model") if shape[0] % 4 == 0 else P("model", "data")
+        return NamedSharding(mesh, spec)
+
+    params, step = CheckpointManager(str(tmp_path)).restore_latest_params(sharding_for)
+    assert step == 1 and _leaves_equal(params, state.params)
+    assert asked == {"q/lora_a": (8, 2), "v/lora_b": (2, 8)}
+    assert params["q"]["lora_a"].sharding.spec == P("data", "model")
+    assert params["v"]["lora_b"].sharding.spec == P("model", "data")

@@ -16,8 +16,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from fiat_t5x.models.decoding import EOS_ID
 from fiat_t5x.training import optimizers
-from fiat_t5x.training.evaluation import EOS_ID, Evaluation
+from fiat_t5x.training.evaluation import Evaluation
 from fiat_t5x.training.partitioning import Partitioner
 from fiat_t5x.training.train_state import TrainState
 from fiat_t5x.training.trainer import Trainer
@@ -56,9 +57,9 @@ def task():
 
 
 class ScriptedModel:
-    """Answers from the gold targets: even-length targets exactly (EOS right after them), odd
-    ones with one wrong byte then EOS; every position after EOS holds junk, as a real decoder's
-    fixed-length output may."""
+    """Answers from the gold target of the question it reads ("question i"): even-length targets
+    exactly (EOS right after them), odd ones with one wrong byte then EOS; every position after
+    EOS holds junk, as a real decoder's fixed-length output may."""
 
     config = None
 
@@ -66,13 +67,14 @@ class ScriptedModel:
         return {}
 
     def predict_batch(self, params, batch, *, max_decode_length: int, **decode_kwargs):
-        targets = np.asarray(batch["decoder_target_tokens"])
-        out = np.full((targets.shape[0], max_decode_length), JUNK, np.int32)
-        for row, ids in enumerate(targets):
-            length = int(np.sum((ids != 0) & (ids != EOS_ID)))
-            if length == 0:  # a padding row of the last batch
+        inputs = np.asarray(batch["encoder_input_tokens"])
+        out = np.full((inputs.shape[0], max_decode_length), JUNK, np.int32)
+        for row, ids in enumerate(inputs):
+            question = VOCAB.decode([int(t) for t in ids if t > EOS_ID])
+            if not question:  # a padding row of the last batch
                 continue
-            answer = ids[:length] if length % 2 == 0 else VOCAB.encode("b")
+            target = TARGETS[int(question.split()[-1])]
+            answer = VOCAB.encode(target) if len(target) % 2 == 0 else VOCAB.encode("b")
             out[row, : len(answer)] = answer
             out[row, len(answer)] = EOS_ID
         return jnp.asarray(out)

@@ -97,16 +97,16 @@ def test_a_run_passed_as_a_t5x_checkpoint_points_to_model_dir(run, tmp_path, cap
     model_dir, _, _, _ = run
     argv = ["convert", "export-peft", "--checkpoint", model_dir, "--output",
             str(tmp_path / "a"), "--lora_alpha", "8"]  # fmt: skip
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "pass --model_dir instead" in capsys.readouterr().err
 
 
 def test_model_dir_without_config_or_checkpoint_is_explained(tmp_path, capsys):
     argv = ["convert", "export-peft", "--model_dir", str(tmp_path), "--output", str(tmp_path / "a")]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "config.gin does not exist" in capsys.readouterr().err
     argv += ["--gin_file", TINY_GIN, "--gin_bindings", "DROPOUT_RATE = 0.0",
              "--initial_checkpoint_path", "None"]  # fmt: skip
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "no intact checkpoint_N" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()

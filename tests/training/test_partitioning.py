@@ -61,3 +61,46 @@ def test_model_parameters_and_adam_state_are_sharded_like_their_params():
     mu = opt_sh[0].mu["encoder"]["layers_0"]["attention"]["query"]["kernel"]
     assert mu.spec == P(None, "model")
     assert opt_sh[0].count.spec == P()
+
+
+class _FakeDevice:
+    """What the mesh builder reads from a device (an id, its process, slice and kind)."""
+
+    platform = "cpu"
+    device_kind = "cpu"
+
+    def __init__(self, id_: int, slice_index: int) -> None:
+        self.id, self.process_index, self.slice_index = id_, id_ // 2, slice_index
+
+    def __repr__(self) -> str:
+        return f"D{self.id}s{self.slice_index}"
+
+
+def test_a_multislice_mesh_keeps_model_groups_inside_a_slice_and_spans_slices_with_data():
+    # Two slices of 4 devices, listed interleaved as a runtime may list them.
+    devices = [_FakeDevice(i, slice_index=i % 2) for i in range(8)]
+    grid = partitioning.device_grid(2, devices)
+    assert grid.shape == (4, 2)
+    for row in grid:  # every model-parallel group talks inside one slice only
+        assert len({d.slice_index for d in row}) == 1
+    assert [row[0].slice_index for row in grid] == [0, 0, 1, 1]  # data crosses the slices
+    with pytest.raises(ValueError, match="model parallelism stays inside a slice"):
+        partitioning.device_grid(8, devices)
+
+
+def test_activation_constraints_apply_only_under_the_partitioners_context():
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    part = partitioning.Partitioner(
+        num_partitions=2, logical_axis_rules=(*RULES, ("activation_batch", "data"))
+    )
+
+    def f(x):
+        return nn.with_logical_constraint(x * 2, ("activation_batch", None))
+
+    x = jax.ShapeDtypeStruct((8, 4), jnp.float32)
+    assert "sharding_constraint" not in jax.jit(f).lower(x).as_text()
+    with part.context():
+        text = jax.jit(f).lower(x).as_text()
+    assert "sharding_constraint" in text and '{"data"}' in text.replace(" ", "")

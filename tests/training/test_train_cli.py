@@ -2,7 +2,9 @@
 1 device / a 4x2 mesh / 2 processes, exact resume after SIGKILL, SIGTERM saves and exits."""
 
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fiat_t5x import train as train_script
+from fiat_t5x.sweeps.metrics import read_metric_history, series
 from tests.training.training_helpers import REPO, cli_args, cli_env, loss_curve, run_cli
 
 REFERENCE_STEPS = 40
@@ -82,7 +85,12 @@ def test_reference_run_writes_config_metrics_and_checkpoints(reference):
     curve = loss_curve(reference)
     assert sorted(curve) == list(range(1, REFERENCE_STEPS + 1))
     assert np.mean([curve[s] for s in range(31, 41)]) < np.mean([curve[s] for s in range(1, 11)])
-    record = json.loads(open(os.path.join(reference, "metrics.jsonl")).readline())
+    rows = [json.loads(line) for line in open(os.path.join(reference, "metrics.jsonl"))]
+    assert rows[0] == {"step": 0, "run": rows[1]["run"], "writer": "train", "event": "run_start"}
+    record = rows[1]
+    assert record["writer"] == "train" and {r["run"] for r in rows[:REFERENCE_STEPS]} == {
+        record["run"]
+    }
     for key in ("train/learning_rate", "train/steps_per_sec", "train/tokens_per_sec", "train/mfu"):
         assert key in record
     assert f"checkpoint_{REFERENCE_STEPS}" in os.listdir(reference)
@@ -231,6 +239,7 @@ def test_eval_and_infer_read_the_trained_checkpoint(reference, capsys, tmp_path)
     )
     # The trained checkpoint was read: the same base without it (an empty MODEL_DIR) is worse.
     untrained_dir = tmp_path / "untrained"
+    untrained_dir.mkdir()
     untrained_args = [a for a in eval_args if not a.startswith("--gin.MODEL_DIR=")]
     assert (
         eval_script.main(
@@ -244,9 +253,10 @@ def test_eval_and_infer_read_the_trained_checkpoint(reference, capsys, tmp_path)
     )
     untrained = json.loads(capsys.readouterr().out)
     assert results["eval/loss_per_token"] < untrained["eval/loss_per_token"]
-    assert ref_curve  # eval appended its record after the training records
+    assert ref_curve  # eval appended its record after the training records, marked as its own
     last = [json.loads(line) for line in open(os.path.join(reference, "metrics.jsonl"))][-1]
     assert last["step"] == REFERENCE_STEPS and "eval/token_accuracy" in last
+    assert last["writer"] == "eval_command" and last["eval_split"] == "validation"
     assert (
         infer_script.main([*common, "--gin_file=runs/infer.gin", "--gin.INFER_BATCH_SIZE=8"]) == 0
     )
@@ -254,3 +264,85 @@ def test_eval_and_infer_read_the_trained_checkpoint(reference, capsys, tmp_path)
     records = [json.loads(line) for line in open(path)]
     assert len(records) == 100 and records[0]["step"] == REFERENCE_STEPS
     assert {"inputs", "targets", "prediction", "id", "language"} <= set(records[0])
+
+
+def test_train_steps_count_from_zero_and_the_log_says_so_when_the_base_has_a_step(caplog):
+    with caplog.at_level(logging.WARNING):
+        train_script.explain_train_steps(2000, "/ckpt/flan_t5_base/checkpoint_1184000/")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "this run trains 2000 steps" in line and "TRAIN_STEPS=1186000" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # written the T5X way: named, with the fix
+        train_script.explain_train_steps(1186000, "/ckpt/flan_t5_base/checkpoint_1184000")
+    assert "set TRAIN_STEPS=2000 for 2000 fine-tuning steps" in caplog.records[-1].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a Hugging Face directory has no step
+        train_script.explain_train_steps(2000, "/ckpt/flan-t5-base")
+    assert not caplog.records
+
+
+def _copy_of(reference, tmp_path) -> str:
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(reference, model_dir)
+    return model_dir
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_set_aside_retrained_and_saved_again(reference, tmp_path):
+    model_dir = _copy_of(reference, tmp_path)
+    step_dir = os.path.join(model_dir, f"checkpoint_{REFERENCE_STEPS}")
+    data = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(os.path.join(step_dir, "state", "d"))
+        for name in names
+    ]
+    assert data
+    for path in data:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    args = cli_args(model_dir, "--gin.CHECKPOINT_PERIOD=4", steps=REFERENCE_STEPS)
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"skipping damaged checkpoint {step_dir}:" in result.stderr
+    assert f"restored {model_dir}/checkpoint_{REFERENCE_STEPS - 4}" in result.stderr
+    aside = [n for n in os.listdir(model_dir) if n.startswith(f"checkpoint_{REFERENCE_STEPS}.")]
+    assert len(aside) == 1 and aside[0].startswith(f"checkpoint_{REFERENCE_STEPS}.damaged-")
+    # The retrained step is saved again and is what an uninterrupted run saved.
+    _assert_trees_close(
+        _final_params(model_dir, REFERENCE_STEPS), _final_params(reference, REFERENCE_STEPS), 1e-6
+    )
+    # metrics.jsonl holds both runs' rows of steps 37..40; a report reads each step once.
+    steps, losses = series(read_metric_history(model_dir), "train/loss")
+    assert steps == list(range(1, REFERENCE_STEPS + 1))
+    ref = loss_curve(reference)
+    np.testing.assert_allclose(losses, [ref[s] for s in steps], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_another_configuration_stops_at_start_with_old_and_new_shapes(reference, tmp_path):
+    model_dir = _copy_of(reference, tmp_path)
+    config = open(os.path.join(model_dir, "config.gin")).read()
+    result = run_cli(cli_args(model_dir, "--gin.lora.LoraConfig.rank=4", steps=2))
+    assert result.returncode == 2, result.stderr[-3000:]
+    (error,) = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert (
+        "decoder/layers_0/self_attention/query/lora_a: checkpoint (64, 8) float32 vs now "
+        "(64, 4) float32" in error
+    )
+    assert "new MODEL_DIR" in error and "--gin.START_OVER_ON_MISMATCH=True" in error
+    assert open(os.path.join(model_dir, "config.gin")).read() == config  # still describes them
+    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(reference))  # nothing moved
+
+
+def test_start_over_on_mismatch_reaches_the_trainer():
+    """The flag the message names is bound (what it does: test_checkpointing.py)."""
+    import gin
+    from fiat_t5x.training import gin_cli
+
+    args = gin_cli.parse_args(cli_args("/tmp/unused", "--gin.START_OVER_ON_MISMATCH=True", steps=2))
+    gin_cli.parse_gin(args)
+    try:
+        bindings = gin.get_bindings("train_script.train")
+        assert bindings["start_over_on_mismatch"] is True
+    finally:
+        gin.clear_config()

@@ -20,14 +20,19 @@ def _trainer(model, devices=None, num_partitions=1, microbatches=1, selector=Non
     return Trainer(model, part, opt(schedule), schedule, selector, num_microbatches=microbatches)
 
 
-def _run(trainer, params, batch, steps):
-    state, frozen = trainer.create_state(params)
+def _steps(trainer, state, frozen, batch, steps):
     losses = []
     for _ in range(steps):
         state, metrics = trainer.train_step(
             state, frozen, trainer.partitioner.host_batch_to_global(batch)
         )
         losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def _run(trainer, params, batch, steps):
+    state, frozen = trainer.create_state(params)
+    state, losses = _steps(trainer, state, frozen, batch, steps)
     return state, frozen, losses
 
 
@@ -35,10 +40,11 @@ def _run(trainer, params, batch, steps):
 def lora_run(fixture_checkpoint):
     """Three LoRA steps on top of the real T5X fixture checkpoint, on one device."""
     model = tiny_model()
-    params = initial_params(model, fixture_checkpoint, seed=0)
     trainer = _trainer(model, devices=jax.devices()[:1])
-    state, frozen, losses = _run(trainer, params, make_batch(), 3)
-    return model, params, trainer, state, frozen, losses
+    state, frozen = trainer.initial_state(fixture_checkpoint, seed=0)
+    before = jax.device_get(state.params)
+    state, losses = _steps(trainer, state, frozen, make_batch(), 3)
+    return model, before, trainer, state, frozen, losses
 
 
 def test_frozen_weights_equal_the_initial_checkpoint_bit_for_bit(lora_run, fixture_checkpoint):
@@ -75,26 +81,28 @@ def test_first_loss_is_the_base_model_loss(lora_run, fixture_checkpoint):
 
 def test_frozen_weights_held_in_bf16_train_and_stay_bf16_and_unchanged(fixture_checkpoint):
     model = tiny_model()
-    params = initial_params(model, fixture_checkpoint, seed=0)
     selector = optimizers.TrainableSelector(frozen_dtype="bfloat16")
     trainer = _trainer(model, devices=jax.devices()[:1], selector=selector)
-    state, frozen, losses = _run(trainer, params, make_batch(), 3)
-    base = optimizers.flatten_params(params)
+    state, frozen = trainer.initial_state(fixture_checkpoint, seed=0)
+    initial_lora = optimizers.flatten_params(jax.device_get(state.params))
+    state, losses = _steps(trainer, state, frozen, make_batch(), 3)
+    base = optimizers.flatten_params(load_t5x_params(fixture_checkpoint))
     flat_frozen = optimizers.flatten_params(jax.device_get(frozen))
-    assert flat_frozen and set(flat_frozen) == {
-        p for p in base if not p.endswith(("lora_a", "lora_b"))
-    }
+    assert flat_frozen and set(flat_frozen) == set(base)
     for path, value in flat_frozen.items():
         assert value.dtype == jnp.bfloat16, path
         expected = np.asarray(base[path]).astype(jnp.bfloat16)
         assert value.tobytes() == expected.tobytes(), path  # the bf16 copy of the base, untouched
     trained = optimizers.flatten_params(jax.device_get(state.params))
     assert all(v.dtype == np.float32 for v in trained.values())
-    assert all(not np.array_equal(trained[p], base[p]) for p in trained if p.endswith("lora_b"))
+    assert set(trained) == set(initial_lora)
+    assert all(
+        not np.array_equal(trained[p], initial_lora[p]) for p in trained if p.endswith("lora_b")
+    )
     # Step 0 computes with the bf16-rounded base (lora_b = 0), i.e. the fp32 model's loss on
     # weights rounded to bf16; and training lowers it.
     rounded = {p: np.asarray(v).astype(jnp.bfloat16).astype(np.float32) for p, v in base.items()}
-    rounded.update({p: base[p] for p in trained})
+    rounded.update(initial_lora)
     loss, _ = jax.jit(model.loss)(optimizers.unflatten_params(rounded), make_batch())
     assert losses[0] == pytest.approx(float(loss), rel=1e-5)
     assert losses[-1] < losses[0]
@@ -135,15 +143,19 @@ def test_same_losses_on_one_device_and_on_a_4x2_mesh():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("factor", [None, "NUM_REAL_TARGET_TOKENS"])
-def test_microbatching_gives_the_full_batch_update(factor):
+@pytest.mark.parametrize(
+    "factor,num_partitions,microbatches",
+    [(None, None, 4), ("NUM_REAL_TARGET_TOKENS", 2, 2)],  # one device; a data 4 x model 2 mesh
+)
+def test_microbatching_gives_the_full_batch_update(factor, num_partitions, microbatches):
     model = tiny_model(loss_normalizing_factor=factor)
     params = jax.device_get(model.init_params(jax.random.PRNGKey(4)))
     batch = make_batch(rows=8, seed=7)
     # SGD: the update is the gradient itself, so this compares accumulated gradients.
     one = jax.devices()[:1]
     full_state, _, full_loss = _run(_trainer(model, devices=one, opt=optax.sgd), params, batch, 1)
-    micro = _trainer(model, devices=one, microbatches=4, opt=optax.sgd)
+    where = dict(devices=one) if num_partitions is None else dict(num_partitions=num_partitions)
+    micro = _trainer(model, microbatches=microbatches, opt=optax.sgd, **where)
     micro_state, _, micro_loss = _run(micro, params, batch, 1)
     assert micro_loss[0] == pytest.approx(full_loss[0], rel=1e-5)
     full_p = optimizers.flatten_params(jax.device_get(full_state.params))
@@ -161,4 +173,39 @@ def test_initial_params_reject_a_checkpoint_of_another_shape(fixture_checkpoint)
 
     wrong = EncoderDecoderModel(presets.tiny(mlp_dim=128), LoraConfig())
     with pytest.raises(ValueError, match="does not fit the model config"):
-        initial_params(wrong, fixture_checkpoint)
+        initial_params(
+            wrong, partitioning.Partitioner(devices=jax.devices()[:1]), fixture_checkpoint
+        )
+
+
+def test_lora_dropout_applies_in_training_without_network_dropout_and_not_in_eval():
+    """LoRA's dropout is used although DROPOUT_RATE is 0: the step always gets a per-step key
+    (the model decides what uses it); evaluation never drops anything."""
+    from fiat_t5x.models.lora import LoraConfig
+    from fiat_t5x.models.model import EncoderDecoderModel
+
+    def model(dropout: float) -> EncoderDecoderModel:
+        return EncoderDecoderModel(presets.micro(dropout_rate=0.0), LoraConfig(dropout=dropout))
+
+    params = optimizers.flatten_params(
+        jax.device_get(model(0.0).init_params(jax.random.PRNGKey(6)))
+    )
+    params = {k: (v + 0.05 if k.endswith("lora_b") else v) for k, v in params.items()}
+    params = optimizers.unflatten_params(params)
+    batch = make_batch(seed=9)
+    one = jax.devices()[:1]
+    plain, plain_frozen, plain_losses = _run(_trainer(model(0.0), devices=one), params, batch, 2)
+    dropped_trainer = _trainer(model(0.9), devices=one)
+    dropped, dropped_frozen, dropped_losses = _run(dropped_trainer, params, batch, 2)
+    assert plain_losses[0] != dropped_losses[0]
+    assert not tree_equal(jax.device_get(plain.params), jax.device_get(dropped.params))
+    # Evaluation of the same parameters: no dropout, so both models give the same loss.
+    global_batch = dropped_trainer.partitioner.host_batch_to_global(batch)
+    eval_dropped = dropped_trainer.eval_step(dropped, dropped_frozen, global_batch)
+    again = dropped_trainer.eval_step(dropped, dropped_frozen, global_batch)
+    reference, _ = jax.jit(model(0.0).loss)(
+        optimizers.merge_params(jax.device_get(dropped.params), jax.device_get(dropped_frozen)),
+        batch,
+    )
+    assert float(eval_dropped["loss"]) == float(again["loss"])
+    assert float(eval_dropped["loss"]) == pytest.approx(float(reference), rel=1e-5)

@@ -21,16 +21,27 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from fiat_t5x.models.checkpoints import lazy_arrays, scanned
 from fiat_t5x.models.checkpoints.atomic import atomic_directory
 from fiat_t5x.models.checkpoints.hf_names import param_names
 from fiat_t5x.models.checkpoints.layout import param_shapes
+from fiat_t5x.models.checkpoints.lazy_arrays import (
+    InMemoryArray,
+    LazyArray,
+    SafetensorsArray,
+    Scaled,
+    Transposed,
+    materialize,
+)
 from fiat_t5x.models.checkpoints.tree import (
     CheckpointError,
     CheckpointMismatchError,
+    cast_floating,
     cast_tree,
     check_shapes,
     flatten,
@@ -193,24 +204,38 @@ def config_to_hf(config: T5Config, *, model_type: str | None = None) -> dict[str
     }
 
 
-def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
-    weights: dict[str, np.ndarray] = {}
+# safetensors dtype names -> numpy (ml_dtypes for bfloat16 and the float8s).
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def _open_safetensors(files: list[str]) -> dict[str, LazyArray]:
+    weights: dict[str, LazyArray] = {}
     for file in files:
         with safe_open(file, framework="np") as f:
             for key in f.keys():
-                weights[key] = f.get_tensor(key)
+                tensor = f.get_slice(key)
+                name = tensor.get_dtype()
+                if name not in _SAFETENSORS_DTYPES:
+                    raise CheckpointError(f"{file}: tensor {key!r} has unsupported dtype {name}")
+                dtype = _SAFETENSORS_DTYPES[name]
+                weights[key] = SafetensorsArray(file, key, tensor.get_shape(), dtype)
     return weights
 
 
-def _read_pickle(files: list[str]) -> dict[str, np.ndarray]:
+def _read_pickle(files: list[str]) -> dict[str, LazyArray]:
     import torch  # only for the opt-in pickle path
 
-    weights: dict[str, np.ndarray] = {}
+    weights: dict[str, LazyArray] = {}
     for file in files:
         state = torch.load(file, map_location="cpu", weights_only=True)
         for key, tensor in state.items():
             tensor = tensor.detach()
-            weights[key] = (
+            weights[key] = InMemoryArray(
                 tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
             )
     return weights
@@ -222,12 +247,12 @@ def _shard_files(directory: str, index_file: str) -> list[str]:
     return [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
 
 
-def read_hf_weights(directory: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-    """HF state dict as numpy arrays: safetensors (single or sharded); pickle only if allowed."""
+def open_hf_weights(directory: str, *, allow_pickle: bool = False) -> dict[str, LazyArray]:
+    """HF state dict, unread: safetensors (single or sharded); pickle (loaded) only if allowed."""
     if os.path.isfile(os.path.join(directory, SAFETENSORS_FILE)):
-        return _read_safetensors([os.path.join(directory, SAFETENSORS_FILE)])
+        return _open_safetensors([os.path.join(directory, SAFETENSORS_FILE)])
     if os.path.isfile(os.path.join(directory, SAFETENSORS_INDEX)):
-        return _read_safetensors(_shard_files(directory, SAFETENSORS_INDEX))
+        return _open_safetensors(_shard_files(directory, SAFETENSORS_INDEX))
     pickles = [f for f in PICKLE_FILES if os.path.isfile(os.path.join(directory, f))]
     if pickles and not allow_pickle:
         raise CheckpointError(
@@ -253,47 +278,42 @@ def read_hf_config(directory: str) -> dict[str, Any]:
         raise CheckpointError(f"cannot read the HF config {path}: {e}") from e
 
 
-def load_hf_t5(
-    directory: str,
-    *,
-    dtype: Any | None = None,
-    allow_pickle: bool = False,
-    strict_config: bool = True,
-) -> tuple[T5Config, dict]:
-    """(T5Config, params) from a HF T5/mT5/umT5 model directory.
+def open_hf_t5(
+    directory: str, *, allow_pickle: bool = False, strict_config: bool = True
+) -> tuple[T5Config, dict[str, LazyArray]]:
+    """(T5Config, flat params in the contract layout, unread) of a HF T5/mT5/umT5 directory.
 
     Raises CheckpointMismatchError naming HF keys / our paths and both shapes when the weights do
     not fit the config, and on unused weights.
     """
     hf = read_hf_config(directory)
     config = config_from_hf(hf, source=os.path.join(directory, CONFIG_FILE), strict=strict_config)
-    weights = read_hf_weights(directory, allow_pickle=allow_pickle)
+    weights = open_hf_weights(directory, allow_pickle=allow_pickle)
     if "shared.weight" not in weights and "encoder.embed_tokens.weight" in weights:
         weights["shared.weight"] = weights["encoder.embed_tokens.weight"]
     for alias in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-        if alias in weights and not np.array_equal(weights[alias], weights["shared.weight"]):
+        if alias in weights and not lazy_arrays.equal(weights[alias], weights["shared.weight"]):
             raise CheckpointError(
                 f"{directory}: {alias} differs from shared.weight (untied inputs)"
             )
         weights.pop(alias, None)
     scaled = config.logits_via_embedding
     lm_head = weights.pop("lm_head.weight", None)
-    tied = scaled and (lm_head is None or np.array_equal(lm_head, weights.get("shared.weight")))
+    shared = weights.get("shared.weight")
+    tied = scaled and (lm_head is None or lazy_arrays.equal(lm_head, shared))
     if not tied:
-        head = weights.get("shared.weight") if lm_head is None else lm_head
+        head = shared if lm_head is None else lm_head
         if head is not None:
-            factor = config.emb_dim**-0.5 if scaled else 1.0
-            weights["lm_head.weight"] = (np.asarray(head, np.float32) * factor).astype(head.dtype)
+            weights["lm_head.weight"] = Scaled(head, config.emb_dim**-0.5) if scaled else head
     config = dataclasses.replace(config, logits_via_embedding=tied)
-    names = param_names(config)
-    flat: dict[str, np.ndarray] = {}
+    flat: dict[str, LazyArray] = {}
     missing = []
-    for path, (key, transpose) in names.items():
+    for path, (key, transpose) in param_names(config).items():
         if key not in weights:
             missing.append(f"{key} (our {path})")
             continue
         value = weights.pop(key)
-        flat[path] = np.ascontiguousarray(value.T) if transpose else value
+        flat[path] = Transposed(value) if transpose else value
     if missing or weights:
         raise CheckpointMismatchError(
             f"weights in {directory} do not fit its config.json:"
@@ -301,7 +321,21 @@ def load_hf_t5(
             + (f"\n unexpected: {', '.join(sorted(weights)[:20])}" if weights else "")
         )
     check_shapes(flat, param_shapes(config), source=directory)
-    return config, cast_tree(unflatten(flat), dtype)
+    return config, flat
+
+
+def load_hf_t5(
+    directory: str,
+    *,
+    dtype: Any | None = None,
+    allow_pickle: bool = False,
+    strict_config: bool = True,
+) -> tuple[T5Config, dict]:
+    """(T5Config, params as a nested dict of numpy arrays) from a HF T5/mT5/umT5 directory
+    (`open_hf_t5`, read whole; floating arrays cast to `dtype` unless it is None)."""
+    config, flat = open_hf_t5(directory, allow_pickle=allow_pickle, strict_config=strict_config)
+    params = materialize(flat, lambda v: np.ascontiguousarray(cast_floating(v, dtype)))
+    return config, unflatten(params)
 
 
 def hf_state_dict(params: Mapping[str, Any], config: T5Config) -> dict[str, np.ndarray]:
@@ -338,6 +372,8 @@ def save_hf_t5(
       dtype: cast floating weights (e.g. "bfloat16"); None keeps them.
     Returns: the output directory.
     """
+    if scanned.is_scanned(params):  # a scan_layers run: HF names each layer
+        params = scanned.unstack_layers(params, config.param_scan_axis)
     if any(p.endswith("/lora_a") for p in flatten(params)):
         if lora is None:
             raise CheckpointError("params hold LoRA leaves: pass their LoraConfig to merge them")
@@ -366,6 +402,7 @@ __all__ = [
     "config_to_hf",
     "hf_state_dict",
     "load_hf_t5",
-    "read_hf_weights",
+    "open_hf_t5",
+    "open_hf_weights",
     "save_hf_t5",
 ]

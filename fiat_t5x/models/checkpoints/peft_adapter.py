@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from fiat_t5x.models.checkpoints import scanned
 from fiat_t5x.models.checkpoints.atomic import atomic_directory
 from fiat_t5x.models.checkpoints.hf_names import module_names
 from fiat_t5x.models.checkpoints.layout import param_shapes
@@ -68,6 +69,8 @@ def save_peft_adapter(
       base_model_name_or_path: the HF base model the adapter belongs to (a hub id or the
         directory written by `save_hf_t5` for the frozen base); recorded in adapter_config.json.
     """
+    if scanned.is_scanned(params):  # a scan_layers run: PEFT names each layer
+        params = scanned.unstack_layers(params, config.param_scan_axis)
     flat = flatten(params)
     names = module_names(config)
     adapted = _adapted_modules(flat)

@@ -19,6 +19,8 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from fiat_t5x.models.checkpoints import storage
+from fiat_t5x.models.checkpoints.lazy_arrays import InMemoryArray, LazyArray, TensorStoreArray
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 
 # flax.serialization's msgpack extension codes.
@@ -64,24 +66,23 @@ def _is_tensorstore_spec(node: Any) -> bool:
 
 
 def _absolute_kvstore(kvstore: Any, checkpoint_dir: str) -> Any:
-    """Spec paths are relative to the checkpoint directory; make them absolute (local or gs://)."""
+    """Spec paths are relative to the checkpoint directory; make them absolute (a local
+    directory or a bucket URL, see `storage`)."""
     if isinstance(kvstore, str):
         return kvstore
     path = kvstore.get("path", "")
     if os.path.isabs(path) or "://" in path:
         return kvstore
-    if checkpoint_dir.startswith("gs://"):
-        bucket, _, prefix = checkpoint_dir[len("gs://") :].partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": os.path.join(prefix, path)}
+    if storage.is_url(checkpoint_dir):
+        return storage.join(checkpoint_dir, path).rstrip("/") + "/"
     return {"driver": "file", "path": os.path.join(os.path.abspath(checkpoint_dir), path)}
 
 
 def read_msgpack(checkpoint_file: str) -> dict[str, Any]:
     """The decoded msgpack tree (inline arrays as numpy, TensorStore leaves as spec dicts)."""
     try:
-        with open(checkpoint_file, "rb") as f:
-            raw = f.read()
-    except OSError as e:
+        raw = storage.read_bytes(checkpoint_file)
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the T5X checkpoint file {checkpoint_file}: {e}") from e
     try:
         tree = msgpack.unpackb(raw, ext_hook=_ext_hook, raw=False, strict_map_key=False)
@@ -104,45 +105,50 @@ def _target_subtree(tree: Mapping[str, Any], checkpoint_file: str) -> Mapping[st
     )
 
 
-def read_legacy_params(checkpoint_dir: str) -> dict[str, Any]:
-    """The `target` params of a classic T5X checkpoint directory, as a nested dict of numpy arrays.
+def open_legacy_params(checkpoint_dir: str) -> dict[str, LazyArray]:
+    """The `target` params of a classic T5X checkpoint directory, flat and unread.
 
-    Multi-chunk arrays and bf16 zarr dtypes are read by TensorStore as stored; dtypes are kept.
+    TensorStore leaves are opened (metadata only) and read later by index; inline leaves are
+    small and already decoded. Multi-chunk arrays and bf16 zarr dtypes keep their stored dtype.
     """
-    checkpoint_file = os.path.join(checkpoint_dir, "checkpoint")
+    checkpoint_file = storage.join(checkpoint_dir, "checkpoint")
     target = _target_subtree(read_msgpack(checkpoint_file), checkpoint_file)
-    pending: list[tuple[dict, str, Any, str]] = []
-
-    def walk(node: Mapping[str, Any], out: dict, prefix: str) -> None:
-        for key, value in node.items():
-            path = f"{prefix}/{key}" if prefix else key
-            if _is_tensorstore_spec(value):
-                spec = {
-                    "driver": value["driver"],
-                    "kvstore": _absolute_kvstore(value["kvstore"], checkpoint_dir),
-                }
-                try:
-                    future = ts.open(spec, open=True, read=True).result().read()
-                except ValueError as e:
-                    raise CheckpointError(
-                        f"{checkpoint_file}: cannot open the array of parameter {path!r} at "
-                        f"{spec['kvstore']}: {e}"
-                    ) from e
-                pending.append((out, key, future, path))
-            elif isinstance(value, Mapping):
-                out[key] = {}
-                walk(value, out[key], path)
-            else:
-                out[key] = np.asarray(value)
-
-    params: dict[str, Any] = {}
-    walk(target, params, "")
-    for out, key, future, path in pending:
+    pending: dict[str, Any] = {}
+    params: dict[str, LazyArray] = {}
+    for path, value in _leaves(target):
+        if not _is_tensorstore_spec(value):
+            params[path] = InMemoryArray(value)
+            continue
+        spec = {
+            "driver": value["driver"],
+            "kvstore": _absolute_kvstore(value["kvstore"], checkpoint_dir),
+        }
         try:
-            out[key] = np.asarray(future.result())
+            pending[path] = (ts.open(spec, open=True, read=True), spec)
         except ValueError as e:
             raise CheckpointError(
-                f"{checkpoint_file}: reading parameter {path!r} failed: {e}"
+                f"{checkpoint_file}: cannot open the array of parameter {path!r} at "
+                f"{spec['kvstore']}: {e}"
             ) from e
-    logging.info("read %d T5X params from %s", len(pending), checkpoint_dir)
+    for path, (future, spec) in pending.items():
+        try:
+            params[path] = TensorStoreArray(future.result(), path)
+        except ValueError as e:
+            raise CheckpointError(
+                f"{checkpoint_file}: cannot open the array of parameter {path!r} at "
+                f"{spec['kvstore']}: {e}"
+            ) from e
+    logging.info("opened %d T5X arrays in %s", len(pending), checkpoint_dir)
     return params
+
+
+def _leaves(node: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, leaf) pairs of the msgpack tree; a TensorStore spec dict is a leaf."""
+    out = []
+    for key, value in node.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and not _is_tensorstore_spec(value):
+            out.extend(_leaves(value, path))
+        else:
+            out.append((path, value))
+    return out

@@ -3,7 +3,7 @@
 Orbax's PyTree handler lists every leaf in `state/_METADATA` and stores each as a zarr array named
 by its '.'-joined key path (`target.encoder.layers_0.attention.query.kernel`), inside one OCDBT
 key-value store (or as plain directories when OCDBT is off). We open the `target.*` arrays with
-TensorStore directly: no optimizer state is touched and no sharding/mesh is needed.
+TensorStore directly (lazily, see `lazy_arrays`): no optimizer state is touched.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import logging
 import os
 from typing import Any
 
-import numpy as np
 import tensorstore as ts
 
-from fiat_t5x.models.checkpoints.tree import CheckpointError, unflatten
+from fiat_t5x.models.checkpoints import storage
+from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, TensorStoreArray
+from fiat_t5x.models.checkpoints.tree import CheckpointError
 
 METADATA_FILE = "_METADATA"
 
@@ -27,26 +28,27 @@ def _leaf_keys(entry: dict[str, Any], raw_key: str) -> list[str]:
     raise CheckpointError(f"{METADATA_FILE}: entry {raw_key!r} has no key_metadata")
 
 
-def _kvstore(state_dir: str, name: str, use_ocdbt: bool) -> dict[str, Any]:
-    base = os.path.abspath(state_dir)
+def _kvstore(state_dir: str, name: str, use_ocdbt: bool) -> Any:
+    base = storage.kvstore(state_dir)
     if use_ocdbt:
-        return {"driver": "ocdbt", "base": f"file://{base}", "path": f"{name}/"}
-    return {"driver": "file", "path": os.path.join(base, name) + "/"}
+        return {"driver": "ocdbt", "base": base, "path": f"{name}/"}
+    if isinstance(base, str):
+        return storage.join(base, name) + "/"
+    return {"driver": "file", "path": os.path.join(base["path"], name) + "/"}
 
 
-def read_orbax_params(state_dir: str, subtree: str = "target") -> dict[str, Any]:
-    """The `subtree` (default `target`: the params) of an Orbax PyTree checkpoint directory.
+def open_orbax_params(state_dir: str, subtree: str = "target") -> dict[str, LazyArray]:
+    """The `subtree` (default `target`: the params) of an Orbax PyTree checkpoint directory,
+    flat ('/'-joined paths below `subtree`) and unread.
 
     Args:
       state_dir: the directory holding `_METADATA` (T5X: `checkpoint_N/state`).
       subtree: the top-level key to read.
-    Returns: nested dict of numpy arrays with their stored dtypes.
     """
-    metadata_file = os.path.join(state_dir, METADATA_FILE)
+    metadata_file = storage.join(state_dir, METADATA_FILE)
     try:
-        with open(metadata_file) as f:
-            metadata = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        metadata = json.loads(storage.read_bytes(metadata_file))
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the Orbax metadata {metadata_file}: {e}") from e
     use_ocdbt = bool(metadata.get("use_ocdbt", False))
     driver = "zarr3" if metadata.get("use_zarr3", False) else "zarr"
@@ -64,15 +66,17 @@ def read_orbax_params(state_dir: str, subtree: str = "target") -> dict[str, Any]
             )
         name = ".".join(keys)
         spec = {"driver": driver, "kvstore": _kvstore(state_dir, name, use_ocdbt)}
-        try:
-            pending["/".join(keys[1:])] = ts.open(spec, open=True, read=True).result().read()
-        except ValueError as e:
-            raise CheckpointError(f"{state_dir}: cannot open array {name!r}: {e}") from e
+        pending["/".join(keys[1:])] = (name, ts.open(spec, open=True, read=True))
     if not pending:
         raise CheckpointError(
             f"{metadata_file} has no {subtree!r} subtree (top-level keys: {sorted(top_keys)}); "
             "pass a T5X checkpoint's state directory"
         )
-    flat = {path: np.asarray(future.result()) for path, future in pending.items()}
-    logging.info("read %d Orbax params from %s", len(flat), state_dir)
-    return unflatten(flat)
+    params = {}
+    for path, (name, future) in pending.items():
+        try:
+            params[path] = TensorStoreArray(future.result(), path)
+        except ValueError as e:
+            raise CheckpointError(f"{state_dir}: cannot open array {name!r}: {e}") from e
+    logging.info("opened %d Orbax arrays in %s", len(params), state_dir)
+    return params

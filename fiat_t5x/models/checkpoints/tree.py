@@ -105,12 +105,14 @@ def cast_tree(params: Mapping[str, Any], dtype: Any | None) -> dict[str, Any]:
     """Casts every floating leaf to `dtype` (None keeps the stored dtypes)."""
     if dtype is None:
         return dict(params)
-    flat = flatten(params)
-    out = {
-        k: (np.asarray(v).astype(dtype) if is_floating(np.asarray(v).dtype) else v)
-        for k, v in flat.items()
-    }
-    return unflatten(out)
+    return unflatten({k: cast_floating(v, dtype) for k, v in flatten(params).items()})
+
+
+def cast_floating(value: Any, dtype: Any | None) -> Any:
+    """`value` in `dtype` if it is a floating array (integers and dtype None: unchanged)."""
+    if dtype is None or not is_floating(np.asarray(value).dtype):
+        return value
+    return np.asarray(value).astype(dtype, copy=False)
 
 
 def is_floating(dtype: Any) -> bool:

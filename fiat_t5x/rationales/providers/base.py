@@ -3,14 +3,45 @@
 A provider owns its own concurrency strategy (threads for HTTP, batches for a local model), so the
 job only hands it `(key, prompt)` pairs and consumes `(key, outcome)` pairs in completion order.
 The job (a single thread) is the only writer of the store; providers never touch it.
+
+Providers are gin-bound objects (`BETA = @openai_http.OpenAIProvider()`): constructing one only
+records its settings, so a training run can build β to compare identities without a key or a
+checkpoint load. `check_settings()` validates the settings (a training run calls it before
+comparing identities), `check()` also the environment (the key) and is called by the job
+before the store is created; problems there, and endpoint-level refusals while
+running (`EndpointError`), are configuration errors that stop the job with one message.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
+
+import gin
+from fiat_t5x.training.gin_cli import UsageError
+
+
+class ProviderConfigError(UsageError):
+    """β's settings cannot work (bad URL, unset key variable, ...): fix the configuration."""
+
+
+class EndpointError(UsageError):
+    """β's endpoint refuses every request (wrong key, wrong route, unreachable host).
+
+    Not about one example, so the job stops at once, records nothing for the requests it
+    concerns, and the corrected rerun continues on the same store.
+    """
+
+
+def check_all_set(where: str, values: Mapping[str, Any], hint: str = "") -> None:
+    """Raises ProviderConfigError naming the parameters still bound to %gin.REQUIRED (gin passes
+    the REQUIRED marker through when a required macro was never set)."""
+    unset = [name for name, value in values.items() if value is gin.REQUIRED]
+    if unset:
+        how = hint or f"bind them in gin, e.g. --gin.{where}.{unset[0]}=..."
+        raise ProviderConfigError(f"{where}: {', '.join(unset)} not set; {how}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +100,23 @@ class Provider(abc.ABC):
     def decoding(self) -> dict[str, Any]:
         """Decoding settings (temperature, max tokens, stop sequences, ...) recorded per rationale."""
 
+    def check_settings(self) -> None:  # noqa: B027 - optional hook
+        """Raises ProviderConfigError when the settings cannot work; reads no environment and
+        loads nothing (a training run calls it before comparing identities)."""
+
+    def check(self) -> None:
+        """`check_settings`, plus what running needs (keys, files): called by the job before it
+        creates the store, so a bad setting costs no request and no store."""
+        self.check_settings()
+
+    def describe(self) -> dict[str, Any]:
+        """Plain, secret-free settings for job.json and logs (identity, decoding, connection)."""
+        return {"identity": self.identity(), "decoding": self.decoding()}
+
+    def redact(self, text: str) -> str:
+        """`text` without this provider's secrets (none by default)."""
+        return text
+
     @abc.abstractmethod
     def generate(self, items: Iterable[tuple[Hashable, str]]) -> Iterator[tuple[Hashable, Outcome]]:
         """Yields one `(key, outcome)` per input item, in completion order (not input order).
@@ -82,7 +130,13 @@ class Provider(abc.ABC):
         self, items: Iterable[tuple[Hashable, str]]
     ) -> Iterator[list[tuple[Hashable, Outcome]]]:
         """Like `generate`, but groups outcomes that became available together, so the job can
-        store a group with one fsync (group commit) instead of one fsync per example."""
+        store a group with one fsync (group commit) instead of one fsync per example.
+
+        The consumer saves each group before asking for the next, so a provider bounds what a
+        crash costs by pulling new items only when resumed: answers received but not yet saved,
+        plus requests in flight, never exceed its `max_unsaved` (if it has one).
+        May raise EndpointError; groups yielded before it are valid and should be saved.
+        """
         for pair in self.generate(items):
             yield [pair]
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
+import gin
 from fiat_t5x.rationales.providers.base import Failure, Generation, Outcome, Provider
 
 
+@gin.configurable
 class FunctionProvider(Provider):
     """Calls `fn(prompt) -> text` for every prompt, in order, on the calling thread.
+
+    Gin: `BETA = @function.FunctionProvider()` with `function.FunctionProvider.fn = @my_beta`
+    (a function reference, not a call) and an optional `.name`.
 
     Args:
       fn: the scripted β. A ValueError from it is recorded as a permanent failure of that

@@ -15,10 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fiat_t5x.models.batch_decoder import BatchDecoder
+from fiat_t5x.models.decoding import EOS_ID, PAD_ID, until_eos
 from fiat_t5x.rationales.providers.base import Failure, Generation, Outcome, Provider
-
-PAD_ID = 0
-EOS_ID = 1
 
 
 class Vocabulary(Protocol):
@@ -65,7 +64,7 @@ class LocalDecoding:
 
 
 class LocalT5Provider(Provider):
-    """Decodes with `EncoderDecoderModel.predict_batch`.
+    """Decodes through the one decode path (`fiat_t5x.models.batch_decoder.BatchDecoder`).
 
     Args:
       model: a `fiat_t5x.models.model.EncoderDecoderModel`.
@@ -74,6 +73,8 @@ class LocalT5Provider(Provider):
       model_name: how the store names this β, e.g. the checkpoint path and step; it is part of the
         store's identity, so use a name that changes when the weights do.
       decoding: batch shape and decoding method.
+      partitioner: the mesh to decode on (`fiat_t5x.training.partitioning.Partitioner`, e.g.
+        training's); None: the default device.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class LocalT5Provider(Provider):
         *,
         model_name: str,
         decoding: LocalDecoding = LocalDecoding(),
+        partitioner: Any = None,
     ) -> None:
         if decoding.batch_size < 1 or decoding.max_input_length < 2:
             raise ValueError(
@@ -94,6 +96,8 @@ class LocalT5Provider(Provider):
         self.vocabulary = vocabulary
         self.model_name = model_name
         self.settings = decoding
+        self.partitioner = partitioner
+        self._decoder: BatchDecoder | None = None
         self._rng = None
 
     def identity(self) -> dict[str, Any]:
@@ -104,28 +108,32 @@ class LocalT5Provider(Provider):
         return self.settings.to_json()
 
     def _decode_batch(self, token_lists: list[list[int]]) -> np.ndarray:
-        """[batch_size, max_decode_length] int32 from up to batch_size EOS-terminated prompts."""
+        """[len(token_lists), max_decode_length] int32 from up to batch_size EOS-terminated
+        prompts (padded to one shape by the decoder: one compile)."""
         import jax
 
         s = self.settings
-        tokens = np.zeros((s.batch_size, s.max_input_length), np.int32)
+        if self._decoder is None:  # places the parameters once
+            self._decoder = BatchDecoder(
+                self.model,
+                self.params,
+                partitioner=self.partitioner,
+                batch_size=s.batch_size,
+                max_decode_length=s.max_decode_length,
+                method=s.method,
+                num_beams=s.num_beams,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+            )
+            self.params = self._decoder.params
+        tokens = np.zeros((len(token_lists), s.max_input_length), np.int32)
         for row, ids in enumerate(token_lists):
             tokens[row, : len(ids)] = ids
         if self._rng is None:
             self._rng = jax.random.PRNGKey(s.seed)
         self._rng, rng = jax.random.split(self._rng)
-        out = self.model.predict_batch(
-            self.params,
-            {"encoder_input_tokens": tokens},
-            max_decode_length=s.max_decode_length,
-            method=s.method,
-            num_beams=s.num_beams,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            rng=rng,
-        )
-        return np.asarray(out)
+        return self._decoder.decode(tokens, rng=rng if s.method == "sample" else None)
 
     def generate(self, items: Iterable[tuple[Hashable, str]]) -> Iterator[tuple[Hashable, Outcome]]:
         for group in self.generate_batches(items):
@@ -153,19 +161,17 @@ class LocalT5Provider(Provider):
                 yield group
                 continue
             outputs = self._decode_batch([ids for _, ids in batch])
-            for (key, ids), row in zip(batch, outputs, strict=False):
-                row = row.tolist()
-                length = row.index(EOS_ID) if EOS_ID in row else len(row)
-                finish = "stop" if EOS_ID in row else "length"
-                text = self.vocabulary.decode([t for t in row[:length] if t != PAD_ID])
+            for (key, ids), row in zip(batch, outputs, strict=True):
+                completion, ended = until_eos(row)
+                text = self.vocabulary.decode([t for t in completion if t != PAD_ID])
                 group.append(
                     (
                         key,
                         Generation(
                             text=text,
                             prompt_tokens=len(ids),
-                            completion_tokens=length,
-                            finish_reason=finish,
+                            completion_tokens=len(completion),
+                            finish_reason="stop" if ended else "length",
                         ),
                     )
                 )

@@ -8,14 +8,23 @@ the file gets a permanent failure, so a store built by replay says exactly what 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import pathlib
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
+import gin
 from fiat_t5x.data.sources import read_jsonl
-from fiat_t5x.rationales.providers.base import Failure, Generation, Outcome, Provider
+from fiat_t5x.rationales.providers.base import (
+    Failure,
+    Generation,
+    Outcome,
+    Provider,
+    ProviderConfigError,
+    check_all_set,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,31 +41,70 @@ class ReplayConfig:
     text_field: str = "rationale"
 
 
+@gin.configurable
 class ReplayProvider(Provider):
-    """Looks rationales up by example id; the prompt is ignored (β already answered it)."""
+    """Looks rationales up by example id; the prompt is ignored (β already answered it).
 
-    def __init__(self, config: ReplayConfig) -> None:
-        self.config = config
-        path = pathlib.Path(config.path)
-        records = read_jsonl(
-            path, required=(config.id_field, config.text_field), non_empty=(config.id_field,)
-        )
-        self._by_id: dict[str, dict[str, Any]] = {}
+    Gin: `BETA = @replay.ReplayProvider()` with `replay.ReplayProvider.path = '...'` and
+    `.model = '...'`. The file is read on first use, not when the object is built.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        model: str = "replay",
+        id_field: str = "id",
+        text_field: str = "rationale",
+    ) -> None:
+        self.config = ReplayConfig(path, model=model, id_field=id_field, text_field=text_field)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, dict[str, Any]]:
+        cfg = self.config
+        try:
+            records = read_jsonl(
+                cfg.path, required=(cfg.id_field, cfg.text_field), non_empty=(cfg.id_field,)
+            )
+        except (OSError, ValueError) as e:
+            raise ProviderConfigError(f"replay.ReplayProvider.path: {e}") from None
+        by_id: dict[str, dict[str, Any]] = {}
         for record in records:
-            example_id = str(record[config.id_field])
-            if example_id in self._by_id:
-                raise ValueError(
+            example_id = str(record[cfg.id_field])
+            if example_id in by_id:
+                raise ProviderConfigError(
                     f"{record.location}: example id {example_id!r} appears twice in the replay "
                     "file; keep one rationale per id"
                 )
-            self._by_id[example_id] = dict(record.fields)
-        self._file_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            by_id[example_id] = dict(record.fields)
+        return by_id
+
+    @functools.cached_property
+    def _file_sha256(self) -> str:
+        try:
+            return hashlib.sha256(pathlib.Path(self.config.path).read_bytes()).hexdigest()
+        except OSError as e:
+            raise ProviderConfigError(f"replay.ReplayProvider.path: {e}") from None
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "replay", "model": self.config.model, "file_sha256": self._file_sha256}
 
     def decoding(self) -> dict[str, Any]:
         return {}
+
+    def check_settings(self) -> None:
+        check_all_set(
+            "replay.ReplayProvider",
+            vars(self.config),
+            "set BETA_REPLAY_FILE and BETA_MODEL (gin/fiat/beta/replay.gin)",
+        )
+
+    def check(self) -> None:
+        self.check_settings()
+        self._by_id  # noqa: B018 - reading the file is the check
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "settings": dataclasses.asdict(self.config)}
 
     def generate_batches(
         self, items: Iterable[tuple[Hashable, str]]

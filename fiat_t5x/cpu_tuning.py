@@ -18,8 +18,9 @@ backends already started, `JAX_PLATFORMS`, or no accelerator plugin installed).
 Compiler options for the train and eval steps (`xla_compiler_options`) are passed per compile,
 never through `XLA_FLAGS`, so a user's own `XLA_FLAGS` always win.
 
-Disable both with the environment variable `FIAT_T5X_CPU_TUNING=0` (the compiler options also
-with gin: `cpu_tuning.xla_compiler_options.enabled = False`, `from fiat_t5x import cpu_tuning`).
+Disable both with the environment variable `FIAT_T5X_CPU_TUNING=0`; the compiler options also
+with gin: `xla_compiler_options.enabled = False` (registered when gin is installed; hosts
+without gin, such as the GPU bench machine, simply have no knob).
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ import ctypes
 import ctypes.util
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import sys
 from typing import Any
+
+try:  # gin is optional here: `fiat_t5x.models` and the GPU bench run without it
+    import gin
+
+    _gin_configurable = gin.configurable(module="fiat_t5x.cpu_tuning")
+except ImportError:  # pragma: no cover - exercised on hosts without gin
+
+    def _gin_configurable(fn):
+        return fn
+
 
 ENV_SWITCH = "FIAT_T5X_CPU_TUNING"
 
@@ -67,7 +77,13 @@ def default_backend_is_cpu() -> bool:
     if platforms:
         return platforms.split(",")[0] == "cpu"
     plugins = [e.name for e in importlib.metadata.entry_points(group="jax_plugins")]
-    accelerator_modules = ("jax_plugins", "libtpu", "jax_cuda12_plugin", "jax_rocm60_plugin")
+    accelerator_modules = (
+        "jax_plugins",
+        "libtpu",
+        "jax_cuda12_plugin",
+        "jax_cuda13_plugin",
+        "jax_rocm60_plugin",
+    )
     return not plugins and not any(importlib.util.find_spec(m) for m in accelerator_modules)
 
 
@@ -99,6 +115,7 @@ def prepare_process() -> dict[str, bool]:
     return dict(_host_tuning)
 
 
+@_gin_configurable
 def xla_compiler_options(enabled: bool = True) -> dict[str, Any]:
     """Compiler options for the train/eval steps on the CPU backend ({} elsewhere or when
     disabled); an option that the user's XLA_FLAGS already sets is left to the user."""

@@ -2,18 +2,18 @@
 
 The same steps as `bench/model_step.py` (our `Trainer.train_step` with T5X's Adafactor against
 transformers' T5 + PEFT LoRA r=8 on q,v with transformers' Adafactor) on CUDA, for the small and
-medium bench configs (LoRA and full fine-tuning) and Flan-T5 base and large shapes (LoRA). bf16 is
+medium bench configs (LoRA and full fine-tuning), then Flan-T5 base (and large) shapes. bf16 is
 mixed precision on both sides: our bf16 activations with fp32 parameters, PyTorch's
 `torch.autocast(bfloat16)` with fp32 weights. fp32 is strict fp32 on both sides (JAX matmul
 precision "highest", PyTorch's default, no TF32). Each side runs in its own process (torch first,
 then JAX), cells in priority order; a cell that would start after its side's time budget is
 skipped and listed. Per cell: warm-up (and compile), then the median of `--windows` windows of
-about `--window-s` seconds: steps/s, tokens/s, and MFU = FLOPs of our compiled step (XLA's cost
-analysis; used for both sides) x steps/s / peak (H200 dense: bf16 989 TFLOP/s, fp32 67 TFLOP/s).
+about `--window-s` seconds: steps/s, tokens/s, and MFU = the matmul FLOPs of our traced step
+(`fiat_t5x.training.flops.jaxpr_flops`, used for both sides) x steps/s / peak (H200 dense: bf16 989 TFLOP/s, fp32 67 TFLOP/s).
 Prints a table last; writes JSON to `$OUT/gpu_step.json` when `OUT` is set (or `--json`).
 
-    PYTHONPATH=. python3 bench/gpu_step.py                       # on the GPU machine, < 4 min
-    PYTHONPATH=. python3 bench/gpu_step.py --tiny --budget-s 600 # plumbing check on a CPU
+    PYTHONPATH=. python3 bench/gpu_step.py                # on the GPU machine, < 4 min
+    PYTHONPATH=. python3 bench/gpu_step.py --quick        # plumbing check on a CPU (tiny shapes)
 """
 
 from __future__ import annotations
@@ -57,24 +57,32 @@ FLAN_T5 = {
     ),
 }
 BENCHES = {**CONFIGS, **FLAN_T5}
-# (config, variant, dtype) in priority order: what issue #10 asks first, then #16's grid.
+# (config, variant, dtype) in priority order: issue #16's grid (bf16 first: what GPUs train in),
+# then the Flan-T5 base shape.
 CELLS = (
-    ("flan_t5_base", "lora", "bfloat16"),
-    ("flan_t5_large", "lora", "bfloat16"),
     ("medium", "lora", "bfloat16"),
+    ("medium", "lora", "float32"),
     ("medium", "full", "bfloat16"),
+    ("medium", "full", "float32"),
     ("small", "lora", "bfloat16"),
     ("small", "full", "bfloat16"),
-    ("medium", "lora", "float32"),
-    ("medium", "full", "float32"),
     ("small", "lora", "float32"),
     ("small", "full", "float32"),
+    ("flan_t5_base", "lora", "bfloat16"),
+    ("flan_t5_base", "full", "bfloat16"),
+    ("flan_t5_large", "lora", "bfloat16"),
 )
-TINY = BenchConfig("tiny", "tiny", 4, 32, 16)
+# --quick: tiny shapes, one cell per variant and dtype (both code paths of each side).
+QUICK_CELLS = (("tiny", "lora", "bfloat16"), ("tiny", "full", "float32"))
+QUICK = BenchConfig("tiny", "tiny", 4, 32, 16)
 
 
-def _bench(name: str, tiny: bool) -> BenchConfig:
-    return TINY if tiny else BENCHES[name]
+def _bench(name: str, quick: bool) -> BenchConfig:
+    return QUICK if quick else BENCHES[name]
+
+
+def _cells(quick: bool) -> tuple[tuple[str, str, str], ...]:
+    return QUICK_CELLS if quick else CELLS
 
 
 def _timed_windows(run, windows: int, window_s: float) -> tuple[list[float], int]:
@@ -85,15 +93,17 @@ def _timed_windows(run, windows: int, window_s: float) -> tuple[list[float], int
 
 
 def _side(side: str, args) -> list[dict[str, Any]]:
-    """Every cell of one side, in this process; stops starting cells after the budget."""
+    """Every cell of one side, in this process; starts no cell that would likely end after
+    the side's budget (judged by the slowest cell so far)."""
     started = time.perf_counter()
     rows = []
-    for name, variant, dtype in CELLS:
+    slowest = 0.0
+    for name, variant, dtype in _cells(args.quick):
         cell = {"config": name, "variant": variant, "dtype": dtype, "impl": side}
-        if time.perf_counter() - started > args.side_budget_s:
+        if time.perf_counter() - started + slowest > args.side_budget_s:
             rows.append({**cell, "skipped": "time budget"})
             continue
-        bench = _bench(name, args.tiny)
+        bench = _bench(name, args.quick)
         t0 = time.perf_counter()
         try:
             if side == "jax":
@@ -103,6 +113,7 @@ def _side(side: str, args) -> list[dict[str, Any]]:
         except Exception as e:  # one failing cell (e.g. out of memory) must not lose the others
             cell["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         cell["cell_s"] = time.perf_counter() - t0
+        slowest = max(slowest, cell["cell_s"])
         cell["tokens_per_step"] = bench.tokens
         rows.append(cell)
         print(json.dumps(cell), file=sys.stderr, flush=True)
@@ -158,9 +169,18 @@ def _torch_cell(bench: BenchConfig, variant: str, dtype: str, args) -> dict[str,
     return out
 
 
-def _run_side_process(side: str, args) -> list[dict[str, Any]]:
+def _run_side_process(side: str, args, deadline_s: float) -> list[dict[str, Any]]:
+    """One side's rows; a side still running at `deadline_s` is stopped and its finished cells
+    (streamed to stderr as JSON lines) are kept."""
     command = [sys.executable, __file__, "--side", side, *args.passthrough]
-    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=deadline_s
+        )
+    except subprocess.TimeoutExpired as e:
+        stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        rows = [json.loads(line) for line in stderr.splitlines() if line.startswith('{"config"')]
+        return rows + [{"impl": side, "error": f"stopped after {deadline_s:.0f} s"}]
     sys.stderr.write(out.stderr[-3000:] if out.returncode else "")
     lines = out.stdout.strip().splitlines()
     if out.returncode or not lines:
@@ -208,8 +228,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes for every cell (CPU test)")
-    parser.add_argument("--budget-s", type=float, default=200.0, help="both sides, cells started")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes in every cell (CPU test)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=170.0,
+        help="both sides: no cell starts that would end later",
+    )
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=0.4)
     parser.add_argument("--warmup", type=int, default=3)
@@ -228,13 +253,14 @@ def main() -> int:
     t0 = time.perf_counter()
     for side in ("torch", "jax"):
         args.passthrough = [
-            *(["--tiny"] if args.tiny else []),
+            *(["--quick"] if args.quick else []),
             f"--windows={args.windows}",
             f"--window-s={args.window_s}",
             f"--warmup={args.warmup}",
             f"--side-budget-s={args.budget_s * shares[side]}",
         ]
-        rows += _run_side_process(side, args)
+        # Hard stop: the side's share plus a minute for start-up and a cell that overran.
+        rows += _run_side_process(side, args, args.budget_s * shares[side] + 60.0)
     print(f"total {time.perf_counter() - t0:.0f} s")
     print(table(rows))
     path = args.json or (

@@ -14,6 +14,7 @@ than the affinity allows); both workers stay alive and the parent interleaves th
 windows' steps/s per side, the ratio of the medians and the median of the per-pair ratios.
 
     .venv/bin/python bench/model_step.py --configs small,medium --threads 1,2
+    .venv/bin/python bench/model_step.py --configs small,medium --windows 5 --compare-untuned
     .venv/bin/python bench/model_step.py --configs tiny --windows 3 --skip-torch
 """
 

@@ -259,8 +259,9 @@ def main() -> int:
             f"--warmup={args.warmup}",
             f"--side-budget-s={args.budget_s * shares[side]}",
         ]
-        # Hard stop: the side's share plus a minute for start-up and a cell that overran.
-        rows += _run_side_process(side, args, args.budget_s * shares[side] + 60.0)
+        # Hard stop: the side's share plus 25 s for start-up and a cell that overran, so the
+        # default budget ends within 170 + 2 x 25 s = 3.7 minutes whatever the GPU does.
+        rows += _run_side_process(side, args, args.budget_s * shares[side] + 25.0)
     print(f"total {time.perf_counter() - t0:.0f} s")
     print(table(rows))
     path = args.json or (

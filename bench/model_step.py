@@ -1,14 +1,21 @@
-"""Training-step throughput: our JAX model (LoRA and full fine-tuning) vs transformers (+PEFT) on CPU.
+"""Train-step throughput: our JAX train step vs transformers (+PEFT) on the CPU, same threads.
 
-One step = forward + backward + Adafactor update (optax.adafactor / transformers' Adafactor,
-lr 1e-3), on random full-length batches (no padding, no packing), fp32. JAX steps are jitted with
-donated buffers and take gradients only w.r.t. the trainable parameters (LoRA factors, or all).
-The achieved FLOP/s uses XLA's cost analysis of the compiled JAX step (the same arithmetic serves
-the PyTorch run of the same configuration) and is reported as a fraction of the machine's
-measured fp32 matmul rate (a 2048^3 matmul in JAX).
+One step = forward + backward + Adafactor update on a random full-length batch (no padding, no
+packing), fp32. "ours" is `fiat_t5x.training.trainer.Trainer.train_step`, the step `train.py`
+runs (jitted, donated state, gradients only of the trainable parameters: the LoRA factors, or
+all), with T5X's Adafactor; the peer is transformers' T5 (+ PEFT LoRA r=8, alpha=8 on q and v)
+with transformers' Adafactor in the same settings (factored second moments, decay 0.8, update
+clipping 1.0, relative scale by the parameter RMS, lr 1e-3).
 
-    .venv/bin/python bench/model_step.py                  # tiny and small, JAX and PyTorch
-    .venv/bin/python bench/model_step.py --configs tiny --steps 20 --skip-torch
+Fairness on a shared machine: each side runs in its own worker process, pinned to the same CPU
+set (`--threads` CPUs; PyTorch gets as many intra-op threads, XLA's pools cannot use more CPUs
+than the affinity allows); both workers stay alive and the parent interleaves their timed windows
+(ours, peer, peer, ours, ...), so both sides see the same load. Reported: the median of the
+windows' steps/s per side, the ratio of the medians and the median of the per-pair ratios.
+
+    .venv/bin/python bench/model_step.py --configs small,medium --threads 1,2
+    .venv/bin/python bench/model_step.py --configs small,medium --windows 5 --compare-untuned
+    .venv/bin/python bench/model_step.py --configs tiny --windows 3 --skip-torch
 """
 
 from __future__ import annotations
@@ -16,73 +23,57 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from fiat_t5x.models import presets
-from fiat_t5x.models.checkpoints.hf_t5 import config_to_hf
-from fiat_t5x.models.config import T5Config
-from fiat_t5x.models.lora import LoraConfig, split_lora
-from fiat_t5x.models.model import EncoderDecoderModel
+# Import-light on purpose: workers set CPU affinity (and XLA flags) before importing jax/torch.
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
+    """A model size (a `fiat_t5x.models.presets` function) and the batch it trains on."""
+
     name: str
-    config: T5Config
+    preset: str
     batch_size: int
     encoder_length: int
     decoder_length: int
+    steps_per_window: int = 1
+    preset_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def model_config(self, **overrides: Any):
+        from fiat_t5x.models import presets
+
+        return getattr(presets, self.preset)(**{**dict(self.preset_overrides), **overrides})
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * (self.encoder_length + self.decoder_length)
 
 
 CONFIGS = {
-    "tiny": BenchConfig(
-        "tiny",
-        presets.tiny(),
-        batch_size=16,
-        encoder_length=64,
-        decoder_length=64,
-    ),
-    "small": BenchConfig(
-        "small",
-        presets.bench_small(),
-        batch_size=8,
-        encoder_length=128,
-        decoder_length=64,
-    ),
+    "tiny": BenchConfig("tiny", "tiny", 16, 64, 64, steps_per_window=20),
+    "small": BenchConfig("small", "bench_small", 8, 128, 64, steps_per_window=3),
+    "medium": BenchConfig("medium", "bench_medium", 8, 256, 64, steps_per_window=1),
 }
-LORA = LoraConfig(rank=8, alpha=8.0, targets=("query", "value"))
+LORA_RANK, LORA_ALPHA = 8, 8.0
 
 
-def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 matmul rate of this machine through XLA (best of `repeats`)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    mm(a, b).block_until_ready()
-    best = min(_timed(lambda: mm(a, b).block_until_ready()) for _ in range(repeats))
-    return 2.0 * size**3 / best
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def random_batch(bench: BenchConfig, seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(bench: BenchConfig, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full-length unpacked batch in SeqIO's EncDecFeatureConverter names; int32 [batch, length]."""
     rng = np.random.default_rng(seed)
-    vocab = bench.config.vocab_size
-    enc = rng.integers(3, vocab, (bench.batch_size, bench.encoder_length)).astype(np.int32)
-    tgt = rng.integers(3, vocab, (bench.batch_size, bench.decoder_length)).astype(np.int32)
+    shape_enc = (bench.batch_size, bench.encoder_length)
+    shape_dec = (bench.batch_size, bench.decoder_length)
+    enc = rng.integers(3, vocab_size, shape_enc).astype(np.int32)
+    tgt = rng.integers(3, vocab_size, shape_dec).astype(np.int32)
     dec = np.concatenate([np.zeros((bench.batch_size, 1), np.int32), tgt[:, :-1]], axis=1)
     return {
         "encoder_input_tokens": enc,
@@ -92,167 +83,385 @@ def random_batch(bench: BenchConfig, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def jax_step_time(bench: BenchConfig, lora: bool, steps: int, warmup: int) -> tuple[float, float]:
-    """(median seconds per step, XLA-counted FLOPs per step) of the jitted JAX train step."""
-    model = EncoderDecoderModel(bench.config, LORA if lora else None)
-    params = model.init_params(jax.random.PRNGKey(0))
-    if lora:
-        trainable, frozen = split_lora(params)
-    else:
-        trainable, frozen = params, {}
-    optimizer = optax.adafactor(learning_rate=1e-3)
-    opt_state = optimizer.init(trainable)
-    batch = {k: jnp.asarray(v) for k, v in random_batch(bench).items()}
-
-    def step(trainable, opt_state, frozen, batch):
-        def loss_fn(t):
-            return model.loss(_deep_merge(frozen, t), batch)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(trainable)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
-
-    compiled = (
-        jax.jit(step, donate_argnums=(0, 1)).lower(trainable, opt_state, frozen, batch).compile()
-    )
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        trainable, opt_state, loss = compiled(trainable, opt_state, frozen, batch)
-        loss.block_until_ready()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), flops
+# ----------------------------------------------------------------------------- the two steps
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and key in out else value
-    return out
+class OursStep:
+    """Our `Trainer.train_step` on one device; `run(n)` times n steps (dispatch to result)."""
 
+    def __init__(self, bench: BenchConfig, lora: bool, *, dtype: str | None = None) -> None:
+        import jax
 
-def torch_step_time(bench: BenchConfig, lora: bool, steps: int, warmup: int, threads: int) -> float:
-    """Median seconds per step of transformers' T5 (+ PEFT LoRA) with transformers' Adafactor."""
-    import torch
-    import transformers
-    from transformers.optimization import Adafactor
+        from fiat_t5x.models.lora import LoraConfig
+        from fiat_t5x.models.model import EncoderDecoderModel
+        from fiat_t5x.training import optimizers, partitioning
+        from fiat_t5x.training.trainer import Trainer
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    hf_config = transformers.T5Config.from_dict(config_to_hf(bench.config))
-    model = transformers.T5ForConditionalGeneration(hf_config)
-    if lora:
-        import peft
-
-        model = peft.get_peft_model(
+        overrides = {} if dtype is None else {"dtype": dtype}
+        config = bench.model_config(**overrides)
+        lora_config = LoraConfig(rank=LORA_RANK, alpha=LORA_ALPHA, targets=("query", "value"))
+        model = EncoderDecoderModel(config, lora_config if lora else None)
+        schedule = optimizers.constant_schedule(1e-3)
+        self.trainer = Trainer(
             model,
-            peft.LoraConfig(
-                r=LORA.rank, lora_alpha=LORA.alpha, target_modules=["q", "v"], lora_dropout=0.0
-            ),
+            partitioning.Partitioner(num_partitions=1),
+            optimizers.adafactor(schedule),
+            schedule,
+            optimizers.TrainableSelector(None if lora else optimizers.ALL_PATTERNS),
         )
-    model.train()
-    optimizer = Adafactor(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=1e-3,
-        relative_step=False,
-        scale_parameter=False,
-        warmup_init=False,
-    )
-    batch = {k: torch.from_numpy(v.astype(np.int64)) for k, v in random_batch(bench).items()}
-    times = []
-    for i in range(warmup + steps):
+        params = jax.device_get(model.init_params(jax.random.PRNGKey(0)))
+        self.state, self.frozen = self.trainer.create_state(params)
+        host = random_batch(bench, config.vocab_size)
+        self.batch = self.trainer.partitioner.host_batch_to_global(host)
+        self.metrics: Any = None
+        self.run(1)  # compiles
+        self.flops = self.trainer.flops_per_step
+
+    def step(self) -> None:
+        self.state, self.metrics = self.trainer.train_step(self.state, self.frozen, self.batch)
+
+    def run(self, steps: int) -> float:
+        import jax
+
         start = time.perf_counter()
-        out = model(
-            input_ids=batch["encoder_input_tokens"],
-            decoder_input_ids=batch["decoder_input_tokens"],
-            labels=batch["decoder_target_tokens"],
+        for _ in range(steps):
+            self.step()
+        jax.block_until_ready((self.state, self.metrics))
+        return time.perf_counter() - start
+
+    def loss(self) -> float:
+        return float(self.metrics["loss"])
+
+
+class TorchStep:
+    """transformers' T5 (+ PEFT LoRA) with transformers' Adafactor, on `device`.
+
+    `autocast_dtype` (e.g. torch.bfloat16) runs the forward pass under torch.autocast with fp32
+    weights, the mixed precision that our bf16 activations with fp32 parameters correspond to.
+    """
+
+    def __init__(
+        self, bench: BenchConfig, lora: bool, *, device: str = "cpu", autocast_dtype=None
+    ) -> None:
+        import torch
+        import transformers
+        from transformers.optimization import Adafactor
+
+        from fiat_t5x.models.checkpoints.hf_t5 import config_to_hf
+
+        torch.manual_seed(0)
+        config = bench.model_config(dtype="float32")
+        hf_config = transformers.T5Config.from_dict(config_to_hf(config))
+        model = transformers.T5ForConditionalGeneration(hf_config)
+        if lora:
+            import peft
+
+            model = peft.get_peft_model(
+                model,
+                peft.LoraConfig(
+                    r=LORA_RANK,
+                    lora_alpha=LORA_ALPHA,
+                    target_modules=["q", "v"],
+                    lora_dropout=0.0,
+                ),
+            )
+        self.model = model.to(device).train()
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.optimizer = Adafactor(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=1e-3,
+            relative_step=False,
+            scale_parameter=True,
+            warmup_init=False,
+            clip_threshold=1.0,
+            decay_rate=-0.8,
+            beta1=None,
         )
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        host = random_batch(bench, config.vocab_size)
+        self.batch = {
+            "input_ids": torch.from_numpy(host["encoder_input_tokens"].astype(np.int64)),
+            "decoder_input_ids": torch.from_numpy(host["decoder_input_tokens"].astype(np.int64)),
+            "labels": torch.from_numpy(host["decoder_target_tokens"].astype(np.int64)),
+        }
+        self.batch = {k: v.to(device) for k, v in self.batch.items()}
+        self.last_loss: Any = None
+        self.run(1)
+
+    def step(self) -> None:
+        import torch
+
+        if self.autocast_dtype is None:
+            loss = self.model(**self.batch).loss
+        else:
+            with torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype):
+                loss = self.model(**self.batch).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss.detach()
+
+    def run(self, steps: int) -> float:
+        import torch
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def loss(self) -> float:
+        return float(self.last_loss)
 
 
-def torch_step_time_in_subprocess(
-    name: str, lora: bool, steps: int, warmup: int, threads: int
-) -> float:
-    """`torch_step_time` in a fresh process: XLA's CPU thread pool in this process would compete
-    with PyTorch's threads and slow it down several-fold."""
-    command = [
-        sys.executable,
-        __file__,
-        "--torch-only",
-        json.dumps(
-            {"name": name, "lora": lora, "steps": steps, "warmup": warmup, "threads": threads}
-        ),
-    ]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+# ----------------------------------------------------------------------------- worker processes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="tiny,small")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median)")
-    parser.add_argument("--warmup", type=int, default=2)
+def _worker(spec: dict) -> None:
+    """Build one step pinned to `spec['cpus']`, warm it up, then time windows on request.
+
+    Protocol (JSON lines): prints {"ready": ..., "flops": ...}; each stdin line "N" runs N steps
+    and prints {"seconds": ...}; "quit" exits.
+    """
+    os.sched_setaffinity(0, set(spec["cpus"]))
+    threads = len(spec["cpus"])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    bench = CONFIGS[spec["config"]]
+    info: dict[str, Any] = {"ready": True, "impl": spec["impl"]}
+    if spec["impl"] == "torch":
+        # The peer keeps PyTorch's allocator behaviour: no fiat_t5x host tuning in its process.
+        os.environ["FIAT_T5X_CPU_TUNING"] = "0"
+        import torch
+
+        torch.set_num_threads(threads)
+        runner: Any = TorchStep(bench, spec["lora"])
+        info["settings"] = torch_settings()
+    else:
+        if spec["impl"] == "ours-untuned":
+            os.environ["FIAT_T5X_CPU_TUNING"] = "0"
+        if spec.get("xla_flags"):
+            os.environ["XLA_FLAGS"] = (
+                f"{os.environ.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
+            )
+        runner = OursStep(bench, spec["lora"])
+        info["flops"] = runner.flops
+        info["settings"] = xla_settings()
+    runner.run(spec["warmup"])
+    info["loss"] = runner.loss()
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            return
+        cpu_start = time.process_time()
+        seconds = runner.run(int(command))
+        cpu = time.process_time() - cpu_start
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu}), flush=True)
+
+
+def torch_settings() -> dict[str, Any]:
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "mkl": torch.backends.mkl.is_available(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def xla_settings() -> dict[str, Any]:
+    import jax
+
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+class _Worker:
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"worker {self.spec} exited with {self.proc.returncode}")
+        return json.loads(line)
+
+    def window(self, steps: int) -> tuple[float, float]:
+        """(steps/s by the wall clock, steps per CPU-second of this worker)."""
+        self.proc.stdin.write(f"{steps}\n")
+        reply = self._read()
+        return steps / reply["seconds"], steps / max(reply["cpu_seconds"], 1e-9)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait()
+
+
+def interleaved(
+    specs: list[dict], windows: int, steps: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Steps/s of every spec's worker, windows interleaved (order reversed every other round)."""
+    workers = []
+    try:
+        for spec in specs:
+            workers.append(_Worker(spec))
+        rates: dict[str, list[float]] = {w.spec["label"]: [] for w in workers}
+        cpu_rates: dict[str, list[float]] = {w.spec["label"]: [] for w in workers}
+        for i in range(windows):
+            order = workers if i % 2 == 0 else workers[::-1]
+            for w in order:
+                wall, cpu = w.window(steps)
+                rates[w.spec["label"]].append(wall)
+                cpu_rates[w.spec["label"]].append(cpu)
+            log(
+                f"  window {i + 1}/{windows} steps/s (per CPU-s): "
+                + ", ".join(f"{k} {v[-1]:.3f} ({cpu_rates[k][-1]:.3f})" for k, v in rates.items())
+            )
+    finally:
+        for w in workers:
+            w.close()
+    return {
+        "rates": rates,
+        "cpu_rates": cpu_rates,
+        "info": {w.spec["label"]: w.info for w in workers},
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", default="small,medium", help=f"of {sorted(CONFIGS)}")
+    parser.add_argument("--variants", default="lora,full", help="lora and/or full")
+    parser.add_argument("--threads", default="1", help="comma list: CPUs (= threads) per side")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows per side")
+    parser.add_argument("--steps", type=int, help="steps per window (default: per config)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="intra-op threads for PyTorch; on a shared 2-core machine 2 threads can be 20x slower "
-        "than 1 (OpenMP threads spin while the other core is busy)",
+        "--compare-untuned",
+        action="store_true",
+        help="also time our step without the XLA:CPU tuning (FIAT_T5X_CPU_TUNING=0)",
     )
-    parser.add_argument("--torch-only", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--xla-variants",
+        help="extra runs of our step with more XLA flags, 'label=--flag=v --flag2=w;label2=...'",
+    )
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.torch_only:
-        spec = json.loads(args.torch_only)
-        bench = CONFIGS[spec["name"]]
-        print(torch_step_time(bench, spec["lora"], spec["steps"], spec["warmup"], spec["threads"]))
-        return
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return 0
 
-    peak = matmul_flops_per_s()
-    print(
-        f"backend {jax.default_backend()}, {jax.device_count()} device(s); measured fp32 matmul: {peak / 1e9:.1f} GFLOP/s"
-    )
-    rows = []
+    available = sorted(os.sched_getaffinity(0))
+    impls = [("ours", "ours", "")]
+    if args.compare_untuned:
+        impls.append(("ours-untuned", "ours-untuned", ""))
+    for entry in filter(None, (args.xla_variants or "").split(";")):
+        label, _, flags = entry.partition("=")
+        impls.append((f"ours[{label}]", "ours", flags))
+    impls += [] if args.skip_torch else [("torch", "torch", "")]
+    started = {"loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"machine: {_cpu_model()}, {len(available)} CPUs; load average {started['loadavg']}")
+    results = []
     for name in args.configs.split(","):
         bench = CONFIGS[name]
-        tokens = bench.batch_size * (bench.encoder_length + bench.decoder_length)
-        results: dict[str, tuple[float, float]] = {}
-        for lora in (True, False):
-            variant = "lora" if lora else "full"
-            seconds, flops = jax_step_time(bench, lora, args.steps, args.warmup)
-            results[f"jax-{variant}"] = (seconds, flops)
-            if not args.skip_torch:
-                results[f"torch-{variant}"] = (
-                    torch_step_time_in_subprocess(
-                        name, lora, args.steps, args.warmup, args.torch_threads
-                    ),
-                    flops,
+        steps = args.steps or bench.steps_per_window
+        for threads in (int(t) for t in args.threads.split(",")):
+            if threads > len(available):
+                raise SystemExit(f"--threads {threads}: only {len(available)} CPUs available")
+            for variant in args.variants.split(","):
+                print(f"{name} {variant} {threads} thread(s):", flush=True)
+                specs = [
+                    {
+                        "label": label,
+                        "impl": impl,
+                        "xla_flags": flags,
+                        "config": name,
+                        "lora": variant == "lora",
+                        "cpus": available[:threads],
+                        "warmup": args.warmup,
+                    }
+                    for label, impl, flags in impls
+                ]
+                run = interleaved(specs, args.windows, steps, lambda s: print(s, flush=True))
+                results.append(
+                    {
+                        "config": name,
+                        "variant": variant,
+                        "threads": threads,
+                        "steps_per_window": steps,
+                        "loadavg": os.getloadavg(),
+                        **run,
+                    }
                 )
-        for key, (seconds, flops) in results.items():
-            rows.append((name, key, 1 / seconds, tokens / seconds, flops / seconds / peak))
-        for variant in ("lora", "full"):
-            if f"torch-{variant}" in results:
-                ratio = results[f"torch-{variant}"][0] / results[f"jax-{variant}"][0]
-                print(
-                    f"{name} {variant}: JAX is {ratio:.2f}x transformers{'+PEFT' if variant == 'lora' else ''}"
-                )
-        lora_speedup = results["jax-full"][0] / results["jax-lora"][0]
-        print(f"{name}: JAX LoRA step is {lora_speedup:.2f}x the JAX full fine-tuning step")
+    summary = summarise(results)
+    print()
+    print(summary)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"started": started, "results": results}, f, indent=1)
+    return 0
 
-    print("\n| config | variant | steps/s | tokens/s | FLOP/s / matmul peak |")
-    print("|---|---|---|---|---|")
-    for name, key, steps_s, tokens_s, frac in rows:
-        print(f"| {name} | {key} | {steps_s:.2f} | {tokens_s:,.0f} | {frac:.1%} |")
+
+def summarise(results: list[dict]) -> str:
+    """Markdown table: medians per side and the ratios against the peer (wall clock and CPU)."""
+    lines = [
+        "| config | variant | threads | impl | steps/s (median) | tokens/s | windows min-max | "
+        "vs peer: ratio of medians | paired median | per CPU-second: ratio of medians |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        bench = CONFIGS[r["config"]]
+        peer, peer_cpu = r["rates"].get("torch"), r["cpu_rates"].get("torch")
+        for label, rates in r["rates"].items():
+            median = statistics.median(rates)
+            ratio = paired = cpu_ratio = ""
+            if peer and label != "torch":
+                ratio = f"{median / statistics.median(peer):.2f}"
+                paired = f"{statistics.median(a / b for a, b in zip(rates, peer, strict=True)):.2f}"
+                cpu = statistics.median(r["cpu_rates"][label])
+                cpu_ratio = f"{cpu / statistics.median(peer_cpu):.2f}"
+            name = label
+            if label == "torch":
+                name = "transformers" + ("+PEFT" if r["variant"] == "lora" else "")
+            lines.append(
+                f"| {r['config']} | {r['variant']} | {r['threads']} | {name} | {median:.3f} | "
+                f"{median * bench.tokens:,.0f} | {min(rates):.3f}-{max(rates):.3f} | {ratio} | "
+                f"{paired} | {cpu_ratio} |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

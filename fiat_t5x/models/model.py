@@ -222,6 +222,10 @@ class EncoderDecoderModel:
     ) -> tuple[Array, dict[str, Array]]:
         """Scalar training loss and metrics (loss, z_loss, cross_ent_loss, weight_sum, accuracy)."""
         logits = self.compute_logits(params, batch, dropout_rng=dropout_rng)
+        with jax.named_scope("loss"):  # names the loss's ops in profiles (bench/profile_step.py)
+            return self._loss_from_logits(logits, batch)
+
+    def _loss_from_logits(self, logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
         factor, weights = loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
         targets = batch["decoder_target_tokens"]
         loss, z_loss, weight_sum = compute_weighted_cross_entropy(

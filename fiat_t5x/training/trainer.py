@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from fiat_t5x import cpu_tuning
 from fiat_t5x.models.losses import loss_normalizing_factor_and_weights
 from fiat_t5x.training import flops as flops_lib
 from fiat_t5x.training.initial_params import StartupPlan, initial_params, plan_startup
@@ -246,8 +247,9 @@ class Trainer:
         # dropout on the adapter input, or nothing), so no dropout setting is silently ignored.
         rng = jax.random.fold_in(jax.random.wrap_key_data(self.dropout_key), state.step)
         loss, metrics, grads = self._accumulated(state.params, frozen, batch, rng)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("optimizer"):  # names the update's ops in profiles (bench/)
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["loss_per_token"] = (
@@ -270,16 +272,19 @@ class Trainer:
     def _compile_steps(self) -> None:
         p = self.partitioner
         batch_sh = p.batch_sharding()
+        options = cpu_tuning.xla_compiler_options() or None  # {} off the CPU backend
         self._train_step = jax.jit(
             self._train_step_impl,
             in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
             out_shardings=(self.state_shardings, p.replicated),
             donate_argnums=(0,),
+            compiler_options=options,
         )
         self._eval_step = jax.jit(
             self._eval_step_impl,
             in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
             out_shardings=p.replicated,
+            compiler_options=options,
         )
 
     def compile_train_step(self, state: Any, frozen: Any, batch: Any) -> Any:

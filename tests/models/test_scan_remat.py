@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from fiat_t5x.models import presets
 from fiat_t5x.models.checkpoints import load_t5x_params
-from fiat_t5x.models.checkpoints.scanned import stack_layers, to_contract_layout, unstack_layers
+from fiat_t5x.models.checkpoints.scanned import stack_layers, unstack_layers
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 from fiat_t5x.models.lora import LoraConfig, split_lora
 from fiat_t5x.models.model import EncoderDecoderModel
@@ -137,10 +137,6 @@ def test_stack_unstack_round_trip_numpy_jax_and_abstract(lora_params):
     )
     abstract = jax.eval_shape(lambda p: unstack_layers(stack_layers(p, 0), 0), lora_params)
     assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(jnp.shape, lora_params)
-    # to_contract_layout(scan_axis=...) stacks an unscanned tree and keeps a stacked one.
-    _assert_trees_close(to_contract_layout(lora_params, scan_axis=1), stacked, atol=0)
-    _assert_trees_close(to_contract_layout(stacked, scan_axis=1), stacked, atol=0)
-    _assert_trees_close(to_contract_layout(stacked, scan_axis=0), stack_layers(lora_params, 0), 0)
 
 
 def test_stack_layers_rejects_layers_that_differ(lora_params):
@@ -152,24 +148,6 @@ def test_stack_layers_rejects_layers_that_differ(lora_params):
     flat = {k.replace("decoder/layers_1/", "decoder/layers_2/"): v for k, v in flat.items()}
     with pytest.raises(CheckpointError, match=r"layers are \[0, 2\]"):
         stack_layers(_unflat(flat))
-
-
-def test_scalable_t5_scanned_checkpoint_keeps_its_stack():
-    """A scanned scalable_t5 tree (3-D attention kernels, layer axis 1) -> our scanned layout
-    directly, equal to unstacking, joining heads and stacking again."""
-    rng = np.random.default_rng(0)
-    emb, heads, kv, depth = 8, 2, 3, 3
-    query = rng.standard_normal((emb, depth, heads, kv)).astype(np.float32)
-    out = rng.standard_normal((heads, depth, kv, emb)).astype(np.float32)
-    tree = {
-        "encoder": {"layers": {"attention": {"query": {"kernel": query}, "out": {"kernel": out}}}}
-    }
-    direct = _flat(to_contract_layout(tree, scan_axis=1))
-    via_unscanned = _flat(stack_layers(to_contract_layout(tree)))
-    assert direct["encoder/layers/attention/query/kernel"].shape == (emb, depth, heads * kv)
-    assert direct["encoder/layers/attention/out/kernel"].shape == (heads * kv, depth, emb)
-    for path, value in via_unscanned.items():
-        np.testing.assert_array_equal(direct[path], value)
 
 
 def test_exports_of_a_scanned_run_name_each_layer(lora_params, tmp_path):

@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -127,3 +129,34 @@ def test_too_little_memory_gives_does_not_fit_with_suggestions(run):
         too_big, frozen_dtype="float32", frozen_f32_bytes=report.step.arguments
     )
     assert "frozen_dtype = 'bfloat16'" in preflight.format_report(fp32_base)
+
+
+def test_the_device_check_imports_nothing_the_gpu_machine_lacks_and_matches_the_gin_sizes():
+    """bench/aot_device_check.py runs where only JAX, flax, optax and orbax are installed: its
+    imports must not reach gin, SeqIO or TensorFlow; its Flan-T5 sizes are the gin files'."""
+    blocker = (
+        "import importlib.abc, runpy, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('gin', 'seqio', 'tensorflow', 'tensorflow_datasets'):\n"
+        "            raise ImportError('the GPU machine has no ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "module = runpy.run_path('bench/aot_device_check.py', run_name='device_check')\n"
+        "import json; print(json.dumps(module['SIZES']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocker],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = json.loads(result.stdout.strip().splitlines()[-1])
+    for size in ("base", "large", "xl", "xxl"):
+        gin_text = (REPO / "gin" / "models" / "flan_t5" / f"{size}.gin").read_text()
+        in_gin = {k: int(v) for k, v in re.findall(r"^\s+(\w+) = (\d+)$", gin_text, re.M)}
+        layers = in_gin.pop("num_encoder_layers")
+        assert in_gin.pop("num_decoder_layers") == layers
+        assert {**in_gin, "layers": layers} == sizes[size], size

@@ -287,15 +287,18 @@ class Trainer:
             compiler_options=options,
         )
 
-    def compile_train_step(self, state: Any, frozen: Any, batch: Any) -> Any:
+    def compile_train_step(
+        self, state: Any, frozen: Any, batch: Any, compiler_options: dict | None = None
+    ) -> Any:
         """The train step compiled for these arguments (arrays or ShapeDtypeStructs with
         shardings), traced under the partitioner's mesh and rules; sets `flops_per_step` (per
-        device). Preflight compiles it with abstract shapes; `train_step` with the first batch."""
+        device). Preflight compiles it with abstract shapes; `train_step` with the first batch.
+        `compiler_options`: XLA options for this compile only (bench/aot_device_check.py)."""
         if self._train_step is None:
             self._compile_steps()
         with self.partitioner.context():
             traced = self._train_step.trace(state, frozen, batch)
-            compiled = traced.lower().compile()
+            compiled = traced.lower().compile(compiler_options)
         devices = self.partitioner.mesh.devices.size
         self.flops_per_step = flops_lib.jaxpr_flops(traced.jaxpr) / devices
         return compiled

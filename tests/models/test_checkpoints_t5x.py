@@ -22,7 +22,8 @@ from fiat_t5x.models.checkpoints import (
     load_t5x_params,
     param_shapes,
 )
-from fiat_t5x.models.checkpoints.scanned import to_contract_layout
+from fiat_t5x.models.checkpoints.lazy_arrays import InMemoryArray, materialize
+from fiat_t5x.models.checkpoints.model_layout import to_contract_layout
 from fiat_t5x.models.config import T5Config
 
 
@@ -181,7 +182,8 @@ def test_scanned_umt5_layout_is_unstacked():
             "encoder_norm": {"scale": np.ones((emb,), np.float32)},
         }
     }
-    out = flatten(to_contract_layout(scanned_tree))
+    lazy = {path: InMemoryArray(value) for path, value in flatten(scanned_tree).items()}
+    out = materialize(to_contract_layout(lazy))
     assert len(out) == 5 * depth + 1
     for i, p in enumerate(layers):
         prefix = f"encoder/layers_{i}"
@@ -191,7 +193,7 @@ def test_scanned_umt5_layout_is_unstacked():
         np.testing.assert_array_equal(out[f"{prefix}/pre_mlp_layer_norm/scale"], p["scale"])
         np.testing.assert_array_equal(out[f"{prefix}/relpos_bias/rel_embedding"], p["rel"])
     with pytest.raises(CheckpointError, match="param_scan_axis"):
-        to_contract_layout(scanned_tree, param_scan_axis=2)
+        to_contract_layout(lazy, param_scan_axis=2)
 
 
 def test_mismatches_name_path_and_both_shapes(legacy_params):

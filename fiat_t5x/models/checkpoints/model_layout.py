@@ -16,18 +16,11 @@ import re
 from collections.abc import Mapping
 
 from fiat_t5x.models.checkpoints.lazy_arrays import LayerOf, LazyArray, MergedAxes, stack_layers
-from fiat_t5x.models.checkpoints.tree import CheckpointError
+from fiat_t5x.models.checkpoints.scanned import SCANNED_MODULE, is_scanned_path, layer_depth
 
-SCANNED_MODULE = "layers"
 _ATTENTION_INPUT_PROJECTIONS = ("query", "key", "value")
 _SCALABLE_RELPOS = "relative_posemb"
 _LAYER = re.compile(r"^(encoder|decoder)/layers_(\d+)/(.+)$")
-
-
-def is_scanned_path(path: str) -> bool:
-    """`encoder/layers/...`: a parameter of a whole stack of layers."""
-    parts = path.split("/")
-    return len(parts) > 2 and parts[1] == SCANNED_MODULE
 
 
 def _join_heads(path: str, value: LazyArray) -> LazyArray:
@@ -55,17 +48,7 @@ def to_contract_layout(
             continue
         stack, _, rest = path.partition("/")
         leaf_path = rest.partition("/")[2]
-        if value.ndim <= param_scan_axis:
-            raise CheckpointError(
-                f"scanned parameter {path!r} has shape {value.shape}: no layer axis at "
-                f"param_scan_axis={param_scan_axis}; pass the axis the checkpoint was scanned on"
-            )
-        n = value.shape[param_scan_axis]
-        if depth.setdefault(stack, n) != n:
-            raise CheckpointError(
-                f"scanned parameter {path!r} stacks {n} layers on axis {param_scan_axis}, other "
-                f"{stack} parameters stack {depth[stack]}; is param_scan_axis right?"
-            )
+        n = layer_depth(path, value.shape, param_scan_axis, depth)
         for i in range(n):
             layer_path = f"{stack}/layers_{i}/{leaf_path}"
             out[layer_path] = _join_heads(layer_path, LayerOf(value, i, param_scan_axis))

@@ -47,11 +47,13 @@ def bench_medium(**overrides: Any) -> T5Config:
     """The benchmarks' "medium" model (bench/model_step.py): Flan-T5 base's width at half its
     depth: emb 768, 12 heads x 64, mlp 2048, 6+6 layers, vocab 32128, fp32; about 150M parameters."""
     config = tiny(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048)
-    return dataclasses.replace(config, num_encoder_layers=6, num_decoder_layers=6, **overrides)
+    depth = {"num_encoder_layers": 6, "num_decoder_layers": 6}
+    return dataclasses.replace(config, **{**depth, **overrides})
 
 
 def flan_t5_small(**overrides: Any) -> T5Config:
     """Flan-T5 small's architecture (gin/models/flan_t5/small.gin) in fp32: vocab 32128, emb
     512, 6 heads x 64, mlp 1024, 8+8 layers; 77M parameters (bench/startup_memory.py)."""
     config = tiny(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024)
-    return dataclasses.replace(config, num_encoder_layers=8, num_decoder_layers=8, **overrides)
+    depth = {"num_encoder_layers": 8, "num_decoder_layers": 8}
+    return dataclasses.replace(config, **{**depth, **overrides})

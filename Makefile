@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check fiat_t5x tasks launch tests bench
 	$(BIN)/python -m pytest -q -ra --durations=15
 
-# FIAT end to end on the bundled demo task (CPU, under ten minutes; docs/fiat.md): β's
+# FIAT end to end on the bundled demo task (CPU, about 12 minutes on 2 cores; docs/fiat.md): β's
 # rationales, the demo's instruction-tuned base, FIAT, its ablation ladder and the baselines
 # (gin/sweeps/demo.yaml), then the paper-shaped tables with bootstrap intervals and paired
 # tests, and the plots, in demo_out/report. Re-running skips finished variants (delete

@@ -15,6 +15,7 @@ windows' steps/s per side, the ratio of the medians and the median of the per-pa
 
     .venv/bin/python bench/model_step.py --configs small,medium --threads 1,2
     .venv/bin/python bench/model_step.py --configs small,medium --windows 5 --compare-untuned
+    .venv/bin/python bench/model_step.py --configs small,medium --compare-plain-attention
     .venv/bin/python bench/model_step.py --configs tiny --windows 3 --skip-torch
 """
 
@@ -218,6 +219,23 @@ class TorchStep:
 # ----------------------------------------------------------------------------- worker processes
 
 
+def _use_plain_attention() -> None:
+    """Give our step the accelerator path's attention ([b, l, h, d] einsums, `jax.nn.softmax`)
+    while keeping the CPU matmul backward: the attention as it was before the CPU path, for an
+    A/B against it in the same run (`--compare-plain-attention`)."""
+    import jax
+
+    from fiat_t5x.models import layers
+
+    layers.softmax_fused_backward = jax.nn.softmax
+    context = layers.MultiHeadAttention._context
+
+    def plain_context(self, *args, head_major: bool = False, **kwargs):
+        return context(self, *args, head_major=False, **kwargs)
+
+    layers.MultiHeadAttention._context = plain_context
+
+
 def _worker(spec: dict) -> None:
     """Build one step pinned to `spec['cpus']`, warm it up, then time windows on request.
 
@@ -240,6 +258,8 @@ def _worker(spec: dict) -> None:
     else:
         if spec["impl"] == "ours-untuned":
             os.environ["FIAT_T5X_CPU_TUNING"] = "0"
+        if spec["impl"] == "ours-plain-attention":
+            _use_plain_attention()
         if spec.get("xla_flags"):
             os.environ["XLA_FLAGS"] = (
                 f"{os.environ.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
@@ -373,6 +393,11 @@ def main() -> int:
         help="also time our step without the XLA:CPU tuning (FIAT_T5X_CPU_TUNING=0)",
     )
     parser.add_argument(
+        "--compare-plain-attention",
+        action="store_true",
+        help="also time our step with the accelerator path's attention (no CPU attention path)",
+    )
+    parser.add_argument(
         "--xla-variants",
         help="extra runs of our step with more XLA flags, 'label=--flag=v --flag2=w;label2=...'",
     )
@@ -387,6 +412,8 @@ def main() -> int:
     impls = [("ours", "ours", "")]
     if args.compare_untuned:
         impls.append(("ours-untuned", "ours-untuned", ""))
+    if args.compare_plain_attention:
+        impls.append(("ours-plain-attention", "ours-plain-attention", ""))
     for entry in filter(None, (args.xla_variants or "").split(";")):
         label, _, flags = entry.partition("=")
         impls.append((f"ours[{label}]", "ours", flags))

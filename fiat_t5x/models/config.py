@@ -53,9 +53,10 @@ class T5Config:
         "none" (everything autodiff saves), "full" (only the layer's inputs), "dots_saveable"
         (every matmul output, attention logits included) or "minimal" (the dense projections'
         outputs only; attention is recomputed).
-      matmul_backward: how the dense projections are differentiated: "custom" (our hand-written
-        backward, faster on XLA:CPU), "autodiff" (plain `jnp.matmul`; what GPUs/TPUs want), or
-        "auto" (custom on the CPU backend only).
+      matmul_backward: how the dense projections and attention are differentiated: "custom" (our
+        hand-written matmul and softmax backward, head-major attention scores: faster on XLA:CPU),
+        "autodiff" (plain `jnp.matmul`, `jax.nn.softmax`; what GPUs/TPUs want), or "auto" (custom
+        on the CPU backend only).
       fused_attention: use `jax.nn.dot_product_attention` (cuDNN's fused kernel where the GPU has
         one, XLA elsewhere) instead of our einsum attention; needs no attention dropout in training.
     """

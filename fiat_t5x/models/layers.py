@@ -72,6 +72,33 @@ def _dense_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, 
 dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
+@jax.custom_vjp
+def softmax_fused_backward(logits: Array) -> Array:
+    """Softmax over the last axis [..., k] whose backward is one fusion: `p * (g - sum(p * g))`.
+
+    Same values as `jax.nn.softmax`. Autodiff of the max-subtracted exp / sum runs several passes
+    over the [b, h, q, k] scores on XLA:CPU; this keeps only the probabilities as the residual.
+    """
+    return _softmax(logits)
+
+
+def _softmax(logits: Array) -> Array:
+    shifted = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    return shifted / jnp.sum(shifted, axis=-1, keepdims=True)
+
+
+def _softmax_fwd(logits: Array) -> tuple[Array, Array]:
+    probs = _softmax(logits)
+    return probs, probs
+
+
+def _softmax_bwd(probs: Array, g: Array) -> tuple[Array]:
+    return (probs * (g - jnp.sum(probs * g, axis=-1, keepdims=True)),)
+
+
+softmax_fused_backward.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 def matmul(x: Array, kernel: Array, *, custom_backward: bool) -> Array:
     """`x @ kernel`: `dense_matmul` where its backward helps (XLA:CPU), plain autodiff elsewhere.
 
@@ -352,7 +379,10 @@ class MultiHeadAttention(nn.Module):
                     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
                     k, v = cached_key.value, cached_value.value
 
-        context = self._context(q, k, v, mask, bias, deterministic)
+        # Head-major scores only over whole sequences: a cached decode step would transpose the
+        # whole [b, max_len, h, d] cache for one query.
+        head_major = self.custom_backward and decode_index is None and not cache_kv
+        context = self._context(q, k, v, mask, bias, deterministic, head_major=head_major)
         context = checkpoint_name(context, ATTENTION_CONTEXT)
         context = act.constrain(context, (act.BATCH, act.LENGTH, act.HEADS, act.KV))
         context = context.reshape(context.shape[:2] + (joined,))
@@ -366,9 +396,17 @@ class MultiHeadAttention(nn.Module):
         mask: Array | None,
         bias: Array | None,
         deterministic: bool,
+        *,
+        head_major: bool = False,
     ) -> Array:
         """q [b, q, h, d], k/v [b, k, h, d] -> context [b, q, h, d]: our einsum attention, or
-        `jax.nn.dot_product_attention` (fp32 logits and softmax, T5's unit scale) when fused."""
+        `jax.nn.dot_product_attention` (fp32 logits and softmax, T5's unit scale) when fused.
+
+        With the CPU path (`custom_backward`), the softmax has its one-fusion backward and, when
+        `head_major`, q, k and v are transposed once to [b, h, l, d] so that the score and context
+        matmuls (forward and backward) batch over leading axes: XLA:CPU otherwise inserts a
+        transposing copy around each of them (bench/RESULTS.md, "Where the time goes").
+        """
         if self.fused:
             if not deterministic and self.dropout_rate > 0:
                 raise ValueError(
@@ -386,16 +424,23 @@ class MultiHeadAttention(nn.Module):
             )
         if self.float32_logits:
             q, k = q.astype(jnp.float32), k.astype(jnp.float32)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if head_major:
+            q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+            score_spec, context_spec = "bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd"
+        else:
+            score_spec, context_spec = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
+        logits = jnp.einsum(score_spec, q, k)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.asarray(MASK_VALUE, logits.dtype))
         logits = checkpoint_name(logits, ATTENTION_LOGITS)
         logits = act.constrain(logits, (act.BATCH, act.HEADS, act.LENGTH, None))
-        weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
+        softmax = softmax_fused_backward if self.custom_backward else jax.nn.softmax
+        weights = softmax(logits.astype(jnp.float32)).astype(self.dtype)
         weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
-        return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
+        context = jnp.einsum(context_spec, weights, v.astype(self.dtype))
+        return jnp.swapaxes(context, 1, 2) if head_major else context
 
 
 class MlpBlock(nn.Module):

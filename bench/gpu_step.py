@@ -81,8 +81,11 @@ def _bench(name: str, quick: bool) -> BenchConfig:
     return QUICK if quick else BENCHES[name]
 
 
-def _cells(quick: bool) -> tuple[tuple[str, str, str], ...]:
-    return QUICK_CELLS if quick else CELLS
+def _cells(args) -> tuple[tuple[str, str, str], ...]:
+    """The cells to run: --cells (config:variant:dtype,...), else the quick or full grid."""
+    if args.cells:
+        return tuple(tuple(c.split(":")) for c in args.cells.split(","))  # type: ignore[misc]
+    return QUICK_CELLS if args.quick else CELLS
 
 
 def _timed_windows(run, windows: int, window_s: float) -> tuple[list[float], int]:
@@ -99,7 +102,7 @@ def _side(side: str, args) -> list[dict[str, Any]]:
     started = time.perf_counter()
     rows = []
     slowest = 0.0
-    for name, variant, dtype in _cells(args.quick):
+    for name, variant, dtype in _cells(args):
         cell = {"config": name, "variant": variant, "dtype": dtype, "impl": side}
         if time.perf_counter() - started + slowest > args.side_budget_s:
             rows.append({**cell, "skipped": "time budget"})
@@ -237,6 +240,9 @@ def main() -> int:
         default=170.0,
         help="both sides: no cell starts that would end later",
     )
+    parser.add_argument(
+        "--cells", help="only these cells, e.g. flan_t5_base:lora:bfloat16,medium:full:float32"
+    )
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=0.4)
     parser.add_argument("--warmup", type=int, default=3)
@@ -256,6 +262,7 @@ def main() -> int:
     for side in ("torch", "jax"):
         args.passthrough = [
             *(["--quick"] if args.quick else []),
+            *([f"--cells={args.cells}"] if args.cells else []),
             f"--windows={args.windows}",
             f"--window-s={args.window_s}",
             f"--warmup={args.warmup}",

@@ -34,24 +34,27 @@ def _assignments(sweep: Sweep, variant: Variant) -> dict[str, Assignment] | None
 def check_bindings_keep_variants_apart(sweep: Sweep) -> None:
     """Raises SweepFileError, naming each file and line and the fix, when one shared binding
     (the sweep's top-level `bindings:`) reaches variants whose gin files set that binding to
-    different values: applied after every file, it would make them equal. (Variants whose files do not set it are not compared: a
-    macro no file sets is read by none, and `fiat-t5x train` refuses a binding nothing reads.)"""
+    different values: applied after every file, it would make them equal. (Variants whose
+    files do not set it are not compared: a macro no file sets is read by none, and
+    `fiat-t5x train` refuses a binding nothing reads.)"""
+    if not sweep.shared_bindings:
+        return
     stacks = {v.name: _assignments(sweep, v) for v in sweep.variants}
     problems = []
     for key in sorted(sweep.shared_bindings):
         shared = gin_literal(sweep.shared_bindings[key])
-        # A variant's own binding of the name is a choice for that variant, not one value
-        # spread over all of them (a smoke run may give every variant the same few steps).
-        by_value = {shared: [v for v in sweep.variants if gin_literal(v.bindings[key]) == shared]}
-        for literal, variants in by_value.items():
-            settings: dict[str, tuple[list[str], Assignment]] = {}
-            for v in variants:
-                assignment = (stacks[v.name] or {}).get(binding_key(key))
-                if assignment is not None:
-                    names, _ = settings.setdefault(repr(assignment.value), ([], assignment))
-                    names.append(v.name)
-            if len(settings) > 1:
-                problems.append(_problem(key, literal, list(settings.values())))
+        settings: dict[str, tuple[list[str], Assignment]] = {}
+        for v in sweep.variants:
+            # A variant's own binding of the name is a choice for that variant, not one value
+            # spread over all of them (a smoke run may give every variant the same few steps).
+            if gin_literal(v.bindings[key]) != shared:
+                continue
+            assignment = (stacks[v.name] or {}).get(binding_key(key))
+            if assignment is not None:
+                names, _ = settings.setdefault(repr(assignment.value), ([], assignment))
+                names.append(v.name)
+        if len(settings) > 1:
+            problems.append(_problem(key, shared, list(settings.values())))
     if problems:
         raise SweepFileError(
             f"{sweep.path}: {' | '.join(problems)}. Bindings apply after every gin file, so "

@@ -53,7 +53,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of the newest checkpoint on `eval_dataset_cfg.split`.
 
-    With `eval_records`, the per-example records go to MODEL_DIR/records/eval (as in training).
+    With `eval_records`, the per-example records go to MODEL_DIR/records/eval_command, apart
+    from training's MODEL_DIR/records/eval as this command's metrics rows are apart: an eval of
+    another split or example count must not replace what sweep reports bootstrap.
 
     `random_seed` must be the training run's RANDOM_SEED when it started from a random init
     (INITIAL_CHECKPOINT_PATH=None): the frozen base is rebuilt from it, never saved.
@@ -84,7 +86,9 @@ def evaluate(
         num_beams=num_beams,
         feature_converter_cls=eval_dataset_cfg.feature_converter_cls,
         seed=eval_dataset_cfg.seed,
-        records_dir=records_lib.records_dir(model_dir, "eval") if eval_records else None,
+        records_dir=(
+            records_lib.records_dir(model_dir, EVAL_COMMAND_WRITER) if eval_records else None
+        ),
     )
     results = evaluation(state, frozen, step=step)
     if jax.process_index() == 0:

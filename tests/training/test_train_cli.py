@@ -4,6 +4,7 @@
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -225,6 +226,9 @@ def test_eval_and_infer_read_the_trained_checkpoint(reference, capsys, tmp_path)
     results = json.loads(capsys.readouterr().out)
     ref_curve = loss_curve(reference)
     assert "eval/fiat_demo_plain/accuracy" in results
+    # Its per-example records stand apart from training's (which sweep reports bootstrap).
+    command_records = pathlib.Path(reference, "records", "eval_command", "fiat_demo_plain")
+    assert list(command_records.glob("step_*.jsonl"))
     # A random-init base is rebuilt from RANDOM_SEED: another seed is another (wrong) base.
     eval_args = [*common, "--gin_file=runs/eval.gin", "--gin.eval_script.evaluate.num_examples=16"]
     assert (

@@ -15,7 +15,6 @@ next to the variants. The demo can do that last part because it knows every gold
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,11 +22,6 @@ import gin
 from fiat_t5x.data.cot import extract_answer
 from fiat_t5x.rationales.store import RationaleStore
 from fiat_tasks import demo
-
-USAGE = (
-    "usage: python -m fiat_tasks.demo_rationales --gin_file=gin/fiat/demo.gin "
-    "--gin.MODEL_DIR=\"'DIR'\" [--gin.RATIONALE_STORE=\"'STORE'\"]\n"
-)
 
 
 def beta_quality(store_dir: str, splits: Sequence[str]) -> dict[str, float]:
@@ -48,31 +42,22 @@ def beta_quality(store_dir: str, splits: Sequence[str]) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`fiat-t5x rationales generate` (job, counts in MODEL_DIR/metrics.jsonl, exit codes),
+    then β's accuracy from the store it filled."""
     from fiat_t5x.inference.scoring import write_metrics
     from fiat_t5x.rationales import cli as rationales_cli
-    from fiat_t5x.rationales import job as job_lib
-    from fiat_t5x.training import gin_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    gin_cli.configure_logging()
-
-    def body() -> None:
-        job = gin_cli.configured(job_lib.RationaleJob)()
-        summaries = job_lib.run_job(job, gin_config=gin.operative_config_str())
-        model_dir = gin.query_parameter("%MODEL_DIR")
-        counts = job_lib.write_job_metrics(model_dir, summaries)
-        quality = beta_quality(job.store_dir, job.splits)
+    status = rationales_cli.generate_main(list(sys.argv[1:] if argv is None else argv))
+    if status != 0:
+        return status
+    store_dir = gin.query_parameter("%RATIONALE_STORE")
+    quality = beta_quality(store_dir, gin.query_parameter("%RATIONALE_SPLITS"))
+    model_dir = rationales_cli.bound_model_dir()
+    if model_dir:  # a sweep step: next to the job's counts
         write_metrics(model_dir, "beta", quality, writer="demo_beta_quality")
-        for name, value in sorted({**counts, **quality}.items()):
-            logging.info("beta/%s = %.1f", name, value)
-        failed = sum(s.failed_permanent + s.failed_transient for s in summaries)
-        if failed:  # the stored failures are retried by running the step again
-            sys.exit(f"fiat_tasks.demo_rationales: β failed on {failed} examples (see above)")
-
-    # The job's gin file (RationaleJob <- the dataset macros) first, as `rationales generate`.
-    return gin_cli.run_main(
-        rationales_cli.gin_argv(argv, []), body, ("MODEL_DIR", "RATIONALE_STORE"), USAGE
-    )
+    for name, value in sorted(quality.items()):
+        print(f"beta/{name} = {value:.1f}")
+    return 0
 
 
 if __name__ == "__main__":

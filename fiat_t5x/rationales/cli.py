@@ -155,7 +155,7 @@ def gin_argv(rest: Sequence[str], bindings: Sequence[str]) -> list[str]:
     return [*files, *rest, *(f"--gin_bindings={b}" for b in bindings)]
 
 
-def _model_dir() -> str | None:
+def bound_model_dir() -> str | None:
     """MODEL_DIR when gin sets it (a sweep step): β's counts then go to its metrics.jsonl."""
     try:
         value = gin.query_parameter("%MODEL_DIR")
@@ -189,7 +189,7 @@ def generate_main(argv: Sequence[str]) -> int:
         summaries = job_lib.run_job(job, gin_config=gin.operative_config_str())
         for summary in summaries:
             print(summary.describe())
-        model_dir = _model_dir()
+        model_dir = bound_model_dir()
         if model_dir:
             job_lib.write_job_metrics(model_dir, summaries)
         failed = sum(s.failed_permanent + s.failed_transient for s in summaries)

@@ -22,6 +22,12 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from fiat_t5x.models import activation_axes as act
+from fiat_t5x.models.cpu_ops import (
+    attention_context,
+    attention_scores,
+    dense_matmul,
+    softmax_fused_backward,
+)
 from fiat_t5x.models.lora import LoraConfig, lora_a_init, targets_module
 from fiat_t5x.models.remat import ATTENTION_CONTEXT, ATTENTION_LOGITS, PROJECTION
 
@@ -41,62 +47,6 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 def as_dtype(name: Any) -> jnp.dtype:
     """'float32' / 'bfloat16' / a dtype -> jnp dtype."""
     return jnp.dtype(name)
-
-
-@jax.custom_vjp
-def dense_matmul(x: Array, kernel: Array) -> Array:
-    """`x @ kernel` for x [..., in], kernel [in, out], with a hand-written backward pass.
-
-    Same values as autodiff of `jnp.matmul`; the kernel gradient is formed as (g^T x)^T over the
-    flattened leading axes. On XLA:CPU this avoids a transposing elementwise fusion that made the
-    autodiff backward several times slower than the forward pass (bench/model_step.py).
-    """
-    return jnp.matmul(x, kernel)
-
-
-def _dense_matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return jnp.matmul(x, kernel), (x, kernel)
-
-
-def _dense_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    x, kernel = residuals
-    x2 = x.reshape(-1, x.shape[-1])
-    g2 = g.reshape(-1, g.shape[-1])
-    d_kernel = jax.lax.dot_general(
-        g2, x2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-    )
-    d_x = jnp.matmul(g, kernel.T)
-    return d_x.astype(x.dtype), d_kernel.T.astype(kernel.dtype)
-
-
-dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
-
-
-@jax.custom_vjp
-def softmax_fused_backward(logits: Array) -> Array:
-    """Softmax over the last axis [..., k] whose backward is one fusion: `p * (g - sum(p * g))`.
-
-    Same values as `jax.nn.softmax`. Autodiff of the max-subtracted exp / sum runs several passes
-    over the [b, h, q, k] scores on XLA:CPU; this keeps only the probabilities as the residual.
-    """
-    return _softmax(logits)
-
-
-def _softmax(logits: Array) -> Array:
-    shifted = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    return shifted / jnp.sum(shifted, axis=-1, keepdims=True)
-
-
-def _softmax_fwd(logits: Array) -> tuple[Array, Array]:
-    probs = _softmax(logits)
-    return probs, probs
-
-
-def _softmax_bwd(probs: Array, g: Array) -> tuple[Array]:
-    return (probs * (g - jnp.sum(probs * g, axis=-1, keepdims=True)),)
-
-
-softmax_fused_backward.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def matmul(x: Array, kernel: Array, *, custom_backward: bool) -> Array:
@@ -379,10 +329,10 @@ class MultiHeadAttention(nn.Module):
                     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, start)
                     k, v = cached_key.value, cached_value.value
 
-        # Head-major scores only over whole sequences: a cached decode step would transpose the
-        # whole [b, max_len, h, d] cache for one query.
-        head_major = self.custom_backward and decode_index is None and not cache_kv
-        context = self._context(q, k, v, mask, bias, deterministic, head_major=head_major)
+        # The CPU ops only over whole sequences: a cached decode step would transpose the whole
+        # [b, max_len, h, d] cache for one query.
+        cpu_path = self.custom_backward and decode_index is None and not cache_kv
+        context = self._context(q, k, v, mask, bias, deterministic, cpu_path=cpu_path)
         context = checkpoint_name(context, ATTENTION_CONTEXT)
         context = act.constrain(context, (act.BATCH, act.LENGTH, act.HEADS, act.KV))
         context = context.reshape(context.shape[:2] + (joined,))
@@ -397,15 +347,14 @@ class MultiHeadAttention(nn.Module):
         bias: Array | None,
         deterministic: bool,
         *,
-        head_major: bool = False,
+        cpu_path: bool = False,
     ) -> Array:
         """q [b, q, h, d], k/v [b, k, h, d] -> context [b, q, h, d]: our einsum attention, or
         `jax.nn.dot_product_attention` (fp32 logits and softmax, T5's unit scale) when fused.
 
-        With the CPU path (`custom_backward`), the softmax has its one-fusion backward and, when
-        `head_major`, q, k and v are transposed once to [b, h, l, d] so that the score and context
-        matmuls (forward and backward) batch over leading axes: XLA:CPU otherwise inserts a
-        transposing copy around each of them (bench/RESULTS.md, "Where the time goes").
+        With `cpu_path` (the CPU path over whole sequences) the score and context products and
+        the softmax are `models.cpu_ops`' (head-major, fp32 scores, library-friendly backward);
+        the softmax has its one-fusion backward wherever `custom_backward` is set.
         """
         if self.fused:
             if not deterministic and self.dropout_rate > 0:
@@ -424,12 +373,10 @@ class MultiHeadAttention(nn.Module):
             )
         if self.float32_logits:
             q, k = q.astype(jnp.float32), k.astype(jnp.float32)
-        if head_major:
-            q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
-            score_spec, context_spec = "bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd"
+        if cpu_path:
+            logits = attention_scores(q, k)
         else:
-            score_spec, context_spec = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
-        logits = jnp.einsum(score_spec, q, k)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
         if mask is not None:
@@ -439,8 +386,9 @@ class MultiHeadAttention(nn.Module):
         softmax = softmax_fused_backward if self.custom_backward else jax.nn.softmax
         weights = softmax(logits.astype(jnp.float32)).astype(self.dtype)
         weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
-        context = jnp.einsum(context_spec, weights, v.astype(self.dtype))
-        return jnp.swapaxes(context, 1, 2) if head_major else context
+        if cpu_path:
+            return attention_context(weights, v.astype(self.dtype))
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
 
 
 class MlpBlock(nn.Module):

@@ -13,7 +13,7 @@ from flax import traverse_util
 
 import gin
 from fiat_t5x.models import presets
-from fiat_t5x.models.layers import RelativePositionBias, dense_matmul, relative_position_bucket
+from fiat_t5x.models.layers import RelativePositionBias, relative_position_bucket
 from fiat_t5x.models.losses import (
     compute_weighted_cross_entropy,
     loss_normalizing_factor_and_weights,
@@ -296,15 +296,6 @@ def test_every_family_has_every_size(family):
     assert tiny.config.per_layer_relpos_bias == (family == "umt5")
     assert tiny.config.logits_via_embedding == (family == "t5")
     assert _gin_model([f"models/{family}/tiny.gin", "peft/full_finetune.gin"]).lora is None
-
-
-def test_dense_matmul_gradient_equals_autodiff_of_matmul():
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7))
-    w = jax.random.normal(jax.random.PRNGKey(1), (7, 4))
-    ours = jax.grad(lambda x, w: jnp.sum(jnp.sin(dense_matmul(x, w))), (0, 1))(x, w)
-    reference = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.matmul(x, w))), (0, 1))(x, w)
-    for got, want in zip(ours, reference, strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
 def test_relative_position_bias_per_example_positions_match_shared():

@@ -1,7 +1,8 @@
-"""The CPU attention path (head-major scores, one-fusion softmax backward) keeps the numerics.
+"""The CPU attention path (`models.cpu_ops`: head-major score and context products with
+hand-written backward passes, one-fusion softmax backward) keeps the numerics.
 
-`T5Config.matmul_backward` "custom" (what "auto" picks on the CPU backend) runs attention with
-q/k/v transposed once to [b, h, l, d] and `softmax_fused_backward`; "autodiff" (what accelerators
+`T5Config.matmul_backward` "custom" (what "auto" picks on the CPU backend) runs attention through
+`attention_scores`, `softmax_fused_backward` and `attention_context`; "autodiff" (what accelerators
 run) keeps the [b, l, h, d] einsums and `jax.nn.softmax`. Both must give the same loss and
 gradients, with packed segments, per-example positions (the gathered position bias) and attention
 dropout; cached decoding (which keeps the [b, l, h, d] cache layout) must give the same step
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fiat_t5x.models import layers
+from fiat_t5x.models import cpu_ops, layers
 from fiat_t5x.models.checkpoints import flatten
 from fiat_t5x.models.model import EncoderDecoderModel
 from tests.models.conftest import make_batch
@@ -29,7 +30,7 @@ def test_fused_backward_softmax_equals_jax_softmax_with_masked_rows():
     logits[0, 0, 1, 4:] = layers.MASK_VALUE  # partly masked row
     logits[1, 2, 3, :] = layers.MASK_VALUE  # fully masked row (a padded query): uniform
     cotangent = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
-    ours, ours_vjp = jax.vjp(layers.softmax_fused_backward, jnp.asarray(logits))
+    ours, ours_vjp = jax.vjp(cpu_ops.softmax_fused_backward, jnp.asarray(logits))
     ref, ref_vjp = jax.vjp(jax.nn.softmax, jnp.asarray(logits))
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(ours_vjp(cotangent)[0], ref_vjp(cotangent)[0], rtol=1e-5, atol=1e-6)
@@ -76,8 +77,9 @@ def test_cpu_attention_keeps_loss_and_grads_on_packed_batches(tiny_config, tiny_
     rng = jax.random.PRNGKey(4)
     loss, grads, jaxpr = _loss_and_grads(cpu, tiny_params, batch, rng)
     plain_loss, plain_grads, plain_jaxpr = _loss_and_grads(plain, tiny_params, batch, rng)
-    # The two paths really differ: the fused softmax and head-major scores run only on the first.
-    assert "softmax_fused_backward" in jaxpr and "softmax_fused_backward" not in plain_jaxpr
+    # The two paths really differ: the CPU ops (their custom backward passes) run only on the first.
+    for backward in ("_softmax_bwd", "_attention_scores_bwd", "_attention_context_bwd"):
+        assert f"bwd={backward}" in jaxpr and f"bwd={backward}" not in plain_jaxpr, backward
     np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
     assert sorted(grads) == sorted(plain_grads)
     assert any("rel_embedding" in path for path in grads)

@@ -1,7 +1,8 @@
 """Train-step throughput: our JAX train step vs transformers (+PEFT) on the CPU, same threads.
 
 One step = forward + backward + Adafactor update on a random full-length batch (no padding, no
-packing), fp32. "ours" is `fiat_t5x.training.trainer.Trainer.train_step`, the step `train.py`
+packing), in fp32 or in mixed bf16 (`--precisions`: our bf16 activations with fp32 parameters
+against PyTorch's CPU autocast to bf16 with fp32 weights). "ours" is `fiat_t5x.training.trainer.Trainer.train_step`, the step `train.py`
 runs (jitted, donated state, gradients only of the trainable parameters: the LoRA factors, or
 all), with T5X's Adafactor; the peer is transformers' T5 (+ PEFT LoRA r=8, alpha=8 on q and v)
 with transformers' Adafactor in the same settings (factored second moments, decay 0.8, update
@@ -16,6 +17,7 @@ windows' steps/s per side, the ratio of the medians and the median of the per-pa
     .venv/bin/python bench/model_step.py --configs small,medium --threads 1,2
     .venv/bin/python bench/model_step.py --configs small,medium --windows 5 --compare-untuned
     .venv/bin/python bench/model_step.py --configs small,medium --compare-plain-attention
+    .venv/bin/python bench/model_step.py --configs medium --precisions float32,bfloat16
     .venv/bin/python bench/model_step.py --configs tiny --windows 3 --skip-torch
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -230,8 +233,8 @@ def _use_plain_attention() -> None:
     layers.softmax_fused_backward = jax.nn.softmax
     context = layers.MultiHeadAttention._context
 
-    def plain_context(self, *args, head_major: bool = False, **kwargs):
-        return context(self, *args, head_major=False, **kwargs)
+    def plain_context(self, *args, cpu_path: bool = False, **kwargs):
+        return context(self, *args, cpu_path=False, **kwargs)
 
     layers.MultiHeadAttention._context = plain_context
 
@@ -253,7 +256,8 @@ def _worker(spec: dict) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        runner: Any = TorchStep(bench, spec["lora"])
+        autocast = None if spec["precision"] == "float32" else getattr(torch, spec["precision"])
+        runner: Any = TorchStep(bench, spec["lora"], autocast_dtype=autocast)
         info["settings"] = torch_settings()
     else:
         if spec["impl"] == "ours-untuned":
@@ -264,7 +268,7 @@ def _worker(spec: dict) -> None:
             os.environ["XLA_FLAGS"] = (
                 f"{os.environ.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
             )
-        runner = OursStep(bench, spec["lora"])
+        runner = OursStep(bench, spec["lora"], dtype=spec["precision"])
         info["flops"] = runner.flops
         info["settings"] = xla_settings()
     runner.run(spec["warmup"])
@@ -383,6 +387,11 @@ def main() -> int:
     parser.add_argument("--configs", default="small,medium", help=f"of {sorted(CONFIGS)}")
     parser.add_argument("--variants", default="lora,full", help="lora and/or full")
     parser.add_argument("--threads", default="1", help="comma list: CPUs (= threads) per side")
+    parser.add_argument(
+        "--precisions",
+        default="float32",
+        help="comma list of float32 (both sides fp32) and bfloat16 (mixed: bf16 activations)",
+    )
     parser.add_argument("--windows", type=int, default=5, help="timed windows per side")
     parser.add_argument("--steps", type=int, help="steps per window (default: per config)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
@@ -427,8 +436,10 @@ def main() -> int:
         for threads in (int(t) for t in args.threads.split(",")):
             if threads > len(available):
                 raise SystemExit(f"--threads {threads}: only {len(available)} CPUs available")
-            for variant in args.variants.split(","):
-                print(f"{name} {variant} {threads} thread(s):", flush=True)
+            for variant, precision in itertools.product(
+                args.variants.split(","), args.precisions.split(",")
+            ):
+                print(f"{name} {variant} {precision} {threads} thread(s):", flush=True)
                 specs = [
                     {
                         "label": label,
@@ -436,6 +447,7 @@ def main() -> int:
                         "xla_flags": flags,
                         "config": name,
                         "lora": variant == "lora",
+                        "precision": precision,
                         "cpus": available[:threads],
                         "warmup": args.warmup,
                     }
@@ -446,6 +458,7 @@ def main() -> int:
                     {
                         "config": name,
                         "variant": variant,
+                        "precision": precision,
                         "threads": threads,
                         "steps_per_window": steps,
                         "loadavg": os.getloadavg(),
@@ -464,9 +477,9 @@ def main() -> int:
 def summarise(results: list[dict]) -> str:
     """Markdown table: medians per side and the ratios against the peer (wall clock and CPU)."""
     lines = [
-        "| config | variant | threads | impl | steps/s (median) | tokens/s | windows min-max | "
+        "| config | variant | precision | threads | impl | steps/s (median) | tokens/s | windows min-max | "
         "vs peer: ratio of medians | paired median | per CPU-second: ratio of medians |",
-        "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
+        "|---|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         bench = CONFIGS[r["config"]]
@@ -483,7 +496,8 @@ def summarise(results: list[dict]) -> str:
             if label == "torch":
                 name = "transformers" + ("+PEFT" if r["variant"] == "lora" else "")
             lines.append(
-                f"| {r['config']} | {r['variant']} | {r['threads']} | {name} | {median:.3f} | "
+                f"| {r['config']} | {r['variant']} | {r.get('precision', 'float32')} | "
+                f"{r['threads']} | {name} | {median:.3f} | "
                 f"{median * bench.tokens:,.0f} | {min(rates):.3f}-{max(rates):.3f} | {ratio} | "
                 f"{paired} | {cpu_ratio} |"
             )

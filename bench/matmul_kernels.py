@@ -3,13 +3,12 @@
 The train steps of bench/model_step.py spend ~75% of their time in matmuls of a handful of
 shapes; this times exactly those shapes alone, both libraries on one pinned CPU in this process,
 so that a step-level ratio can be split into "kernel rate" and "everything else". Per
-shape: GFLOP/s of a frozen projection's two products in a LoRA step, x @ W and g @ W^T, fp32,
-JAX (one jitted call; XLA:CPU's YNNPACK kernels) against torch (MKL); best of `--repeats` runs
-each, and their ratio.
-
-fp32 only: in bf16, which kernel XLA:CPU picks depends on the graph around the dot (alone, a
-bf16 g @ W^T is rewritten to an fp32 dot; inside the compiled step the same product runs on bf16
-kernels), so bf16 is measured where it counts, by bench/model_step.py --precisions bfloat16.
+shape: GFLOP/s of JAX (one jitted call; XLA:CPU's YNNPACK kernels) against torch (MKL in fp32,
+oneDNN in bf16), best of `--repeats` runs each, and their ratio. fp32: a frozen projection's two
+products in a LoRA step, x @ W and g @ W^T. bf16: x @ W only (bf16 operands, fp32 sums, as
+`models.cpu_ops` does): alone, XLA:CPU rewrites a bf16 g @ W^T to an fp32 dot, while inside the
+compiled step the same product runs on bf16 kernels, so the step is measured by
+bench/model_step.py --precisions bfloat16.
 
     .venv/bin/python bench/matmul_kernels.py                   # the medium config's shapes
     .venv/bin/python bench/matmul_kernels.py --repeats 5 --cpu 1
@@ -54,30 +53,45 @@ def main() -> int:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     print(f"load average {os.getloadavg()}; jax {jax.__version__}, torch {torch.__version__}")
-    print("| tokens x in x out | JAX GFLOP/s | torch GFLOP/s | JAX / torch |")
-    print("|---|---:|---:|---:|")
+    print("| dtype | products | tokens x in x out | JAX GFLOP/s | torch GFLOP/s | JAX / torch |")
+    print("|---|---|---|---:|---:|---:|")
 
     @jax.jit
-    def ours(x, g, w):
+    def ours_fp32(x, g, w):
         """A frozen projection's two products in a LoRA step: y = x W, input gradient g W^T."""
         return x @ w, g @ w.T
 
-    def theirs(x, g, w):
-        return x @ w, g @ w.T
+    @jax.jit
+    def ours_bf16(x, g, w):
+        """x W alone, bf16 operands summed in fp32 (as `models.cpu_ops`); g unused."""
+        return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
-    for tokens, fan_in, fan_out in MEDIUM_SHAPES:
-        x, w, g = (
-            rng.standard_normal(shape, np.float32)
-            for shape in ((tokens, fan_in), (fan_in, fan_out), (tokens, fan_out))
-        )
-        gflop = 2 * 2 * tokens * fan_in * fan_out / 1e9
-        rate = gflop / best_seconds(
-            lambda *a: jax.block_until_ready(ours(*a)),
-            tuple(map(jnp.asarray, (x, g, w))),
-            args.repeats,
-        )
-        peer = gflop / best_seconds(theirs, tuple(map(torch.from_numpy, (x, g, w))), args.repeats)
-        print(f"| {tokens} x {fan_in} x {fan_out} | {rate:.0f} | {peer:.0f} | {rate / peer:.2f} |")
+    cases = (
+        ("float32", "x W, g W^T", ours_fp32, lambda x, g, w: (x @ w, g @ w.T), 2),
+        ("bfloat16", "x W", ours_bf16, lambda x, g, w: x @ w, 1),
+    )
+    for dtype, products, ours, theirs, count in cases:
+        for tokens, fan_in, fan_out in MEDIUM_SHAPES:
+            x, w, g = (
+                rng.standard_normal(shape, np.float32)
+                for shape in ((tokens, fan_in), (fan_in, fan_out), (tokens, fan_out))
+            )
+            gflop = count * 2 * tokens * fan_in * fan_out / 1e9
+            rate = gflop / best_seconds(
+                lambda *a, ours=ours: jax.block_until_ready(ours(*a)),
+                tuple(jnp.asarray(a, dtype) for a in (x, g, w)),
+                args.repeats,
+            )
+            peer = gflop / best_seconds(
+                theirs,
+                tuple(torch.from_numpy(a).to(getattr(torch, dtype)) for a in (x, g, w)),
+                args.repeats,
+            )
+            print(
+                f"| {dtype} | {products} | {tokens} x {fan_in} x {fan_out} | {rate:.0f} | "
+                f"{peer:.0f} | {rate / peer:.2f} |",
+                flush=True,
+            )
     return 0
 
 

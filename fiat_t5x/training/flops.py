@@ -1,9 +1,9 @@
 """FLOPs of a step and the peak FLOP/s of a device, for MFU in the training log.
 
 MFU = (FLOPs of one step on one device) × steps/s / peak FLOP/s of that device. The FLOPs are
-the matrix multiplications of the traced step (`jaxpr_flops`, rematerialised ones included)
-split evenly over the devices: XLA's cost analysis counts the body of a loop once, so it misses
-all but one layer of a scanned stack. Accelerator peaks are the vendors' dense bf16 figures; the CPU peak is estimated
+the matrix multiplications of the traced step (`step_flops`: dead code removed first, as XLA
+removes it, rematerialised ones included) split evenly over the devices: XLA's cost analysis
+counts the body of a loop once, so it misses all but one layer of a scanned stack. Accelerator peaks are the vendors' dense bf16 figures; the CPU peak is estimated
 from the core count, the vector width and the clock (so CPU MFU is indicative only).
 """
 
@@ -15,6 +15,7 @@ import os
 import re
 
 import jax
+from jax._src.interpreters import partial_eval  # dce_jaxpr has no public equivalent
 from jax.extend import core as jax_core
 
 # Dense bf16 peak FLOP/s per device (one chip / one GPU), by a substring of `device_kind`.
@@ -60,6 +61,15 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
             return peak
     logging.info("unknown device kind %r: MFU not reported", device.device_kind)
     return None
+
+
+def step_flops(jaxpr: jax_core.ClosedJaxpr | jax_core.Jaxpr) -> float:
+    """`jaxpr_flops` of the program that runs: a traced jaxpr still holds work whose results
+    nothing uses (a custom backward's gradient of a frozen kernel, on the CPU path a third of a
+    LoRA step's matmuls), which XLA removes and MFU must not count."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    live, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    return jaxpr_flops(live)
 
 
 def jaxpr_flops(jaxpr: jax_core.ClosedJaxpr | jax_core.Jaxpr) -> float:

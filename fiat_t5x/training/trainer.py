@@ -300,7 +300,7 @@ class Trainer:
             traced = self._train_step.trace(state, frozen, batch)
             compiled = traced.lower().compile(compiler_options)
         devices = self.partitioner.mesh.devices.size
-        self.flops_per_step = flops_lib.jaxpr_flops(traced.jaxpr) / devices
+        self.flops_per_step = flops_lib.step_flops(traced.jaxpr) / devices
         return compiled
 
     def train_step(self, state: TrainState, frozen, batch: Mapping[str, jax.Array]):

@@ -18,6 +18,7 @@ windows' steps/s per side, the ratio of the medians and the median of the per-pa
     .venv/bin/python bench/model_step.py --configs small,medium --windows 5 --compare-untuned
     .venv/bin/python bench/model_step.py --configs small,medium --compare-plain-attention
     .venv/bin/python bench/model_step.py --configs medium --precisions float32,bfloat16
+    .venv/bin/python bench/model_step.py --configs medium --compare-checkout ../before --skip-torch
     .venv/bin/python bench/model_step.py --configs tiny --windows 3 --skip-torch
 """
 
@@ -300,7 +301,10 @@ def torch_settings() -> dict[str, Any]:
 def xla_settings() -> dict[str, Any]:
     import jax
 
+    import fiat_t5x
+
     return {
+        "fiat_t5x": os.path.dirname(os.path.abspath(fiat_t5x.__file__)),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
@@ -310,12 +314,18 @@ def xla_settings() -> dict[str, Any]:
 class _Worker:
     def __init__(self, spec: dict) -> None:
         self.spec = spec
+        env = dict(os.environ)
+        if spec.get("checkout"):
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [spec["checkout"], env.get("PYTHONPATH")])
+            )
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
+            env=env,
         )
         self.info = self._read()
 
@@ -410,6 +420,11 @@ def main() -> int:
         "--xla-variants",
         help="extra runs of our step with more XLA flags, 'label=--flag=v --flag2=w;label2=...'",
     )
+    parser.add_argument(
+        "--compare-checkout",
+        help="also time our step as another checkout's fiat_t5x has it (a path, e.g. a "
+        "`git worktree` of an earlier commit): an A/B of a code change in one run",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -419,6 +434,8 @@ def main() -> int:
 
     available = sorted(os.sched_getaffinity(0))
     impls = [("ours", "ours", "")]
+    if args.compare_checkout:
+        impls.append(("ours@checkout", "ours", ""))
     if args.compare_untuned:
         impls.append(("ours-untuned", "ours-untuned", ""))
     if args.compare_plain_attention:
@@ -445,6 +462,7 @@ def main() -> int:
                         "label": label,
                         "impl": impl,
                         "xla_flags": flags,
+                        "checkout": args.compare_checkout if label == "ours@checkout" else None,
                         "config": name,
                         "lora": variant == "lora",
                         "precision": precision,

@@ -12,6 +12,7 @@ of each matmul category.
 
     .venv/bin/python bench/profile_step.py --config small --variant lora
     .venv/bin/python bench/profile_step.py --config medium --variant full --steps 2 --json /tmp/p.json
+    .venv/bin/python bench/profile_step.py --config medium --precision bfloat16 --steps 2
 """
 
 from __future__ import annotations
@@ -129,13 +130,20 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
             "fusion_kind": (re.search(r'"kind":"(\w+)"', rest) or re.search(r"kind=(k\w+)", rest)),
         }
     by_computation: dict[str, float] = collections.defaultdict(float)
+    names_in: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for ins in instructions.values():
         by_computation[ins["computation"]] += ins["dot_flops"]
+        if ins["op_name"]:
+            names_in[ins["computation"]][ins["op_name"]] += 1
         kind = ins.pop("fusion_kind")
         ins["fusion_kind"] = kind.group(1) if kind else ""
     for ins in instructions.values():
         if ins["opcode"] == "fusion" and ins["calls"]:
             ins["dot_flops"] += by_computation.get(ins["calls"], 0.0)
+            # A fusion rooted in a convert has no name of its own: it does what most of its
+            # instructions say (the bf16 GeLU backward, say, not "other").
+            if not ins["op_name"] and names_in[ins["calls"]]:
+                ins["op_name"] = names_in[ins["calls"]].most_common(1)[0][0]
     return instructions
 
 
@@ -157,11 +165,13 @@ def _has_dot(ins: dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------- ours
 
 
-def profile_ours(config: str, variant: str, steps: int, out_dir: str) -> dict[str, Any]:
+def profile_ours(
+    config: str, variant: str, steps: int, out_dir: str, precision: str = "float32"
+) -> dict[str, Any]:
     import jax
     from model_step import OursStep
 
-    runner = OursStep(CONFIGS[config], variant == "lora")
+    runner = OursStep(CONFIGS[config], variant == "lora", dtype=precision)
     runner.run(2)
     hlo = runner.trainer._compiled_train.as_text()
     instructions = parse_hlo(hlo)
@@ -261,11 +271,15 @@ def _torch_label(module_name: str, module: Any) -> str | None:
     return None
 
 
-def profile_torch(config: str, variant: str, steps: int) -> dict[str, Any]:
+def profile_torch(
+    config: str, variant: str, steps: int, precision: str = "float32"
+) -> dict[str, Any]:
+    import torch
     from model_step import TorchStep
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    runner = TorchStep(CONFIGS[config], variant == "lora")
+    autocast = None if precision == "float32" else getattr(torch, precision)
+    runner = TorchStep(CONFIGS[config], variant == "lora", autocast_dtype=autocast)
     runner.run(2)
     stack: list[Any] = []
     for name, module in runner.model.named_modules():
@@ -349,6 +363,8 @@ def _run_side(side: str, args) -> dict[str, Any]:
         str(args.steps),
         "--threads",
         str(args.threads),
+        "--precision",
+        args.precision,
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -393,6 +409,12 @@ def main() -> int:
     parser.add_argument("--variant", default="lora", choices=("lora", "full"))
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (after 3 warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="CPUs both sides are pinned to")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="bfloat16: our bf16 activations vs torch's CPU autocast (bench/model_step.py)",
+    )
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--json", help="write both breakdowns here")
     parser.add_argument("--side", choices=("ours", "torch"), help=argparse.SUPPRESS)
@@ -404,18 +426,23 @@ def main() -> int:
             flag = "--xla_cpu_enable_xprof_traceme=true"
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
             with tempfile.TemporaryDirectory() as out_dir:
-                result = profile_ours(args.config, args.variant, args.steps, out_dir)
+                result = profile_ours(
+                    args.config, args.variant, args.steps, out_dir, args.precision
+                )
         else:
             import torch
 
             torch.set_num_threads(args.threads)
-            result = profile_torch(args.config, args.variant, args.steps)
+            result = profile_torch(args.config, args.variant, args.steps, args.precision)
         print(json.dumps(result))
         return 0
     print(f"load average {os.getloadavg()}", flush=True)
     ours = _run_side("ours", args)
     theirs = None if args.skip_torch else _run_side("torch", args)
-    print(f"{args.config} {args.variant}, {args.threads} thread(s), {args.steps} steps")
+    print(
+        f"{args.config} {args.variant} {args.precision}, {args.threads} thread(s), "
+        f"{args.steps} steps"
+    )
     print(f"XLA cost analysis: {ours['xla_flops'] / 1e9:.1f} GFLOP/step")
     print("HLO instructions:", ours["hlo_ops"])
     print("slowest instructions (ms/step):")

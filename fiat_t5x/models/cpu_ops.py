@@ -11,7 +11,7 @@ Why these exist (measured in bench/RESULTS.md, "Where the time goes" and "bf16 o
   one fusion.
 
 Values equal autodiff of the plain ops (`jnp.matmul`, `jnp.einsum`, `jax.nn.softmax`) up to
-summation order; tests/models/test_speed_numerics*.py check it. `T5Config.matmul_backward`
+summation order (tests/models/test_cpu_ops.py, test_speed_numerics*.py). `T5Config.matmul_backward`
 selects them ("auto": the CPU backend only); accelerators differentiate the plain ops well.
 """
 

@@ -96,7 +96,19 @@ def _dot_operand_dtypes(fn, *args) -> list[str]:
     return dtypes
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dot rewriting")
+def _cpu_has_bf16_units() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not _cpu_has_bf16_units(),
+    reason="XLA:CPU's bf16 dots, on a CPU with bf16 units (AVX512-BF16 or AMX)",
+)
 def test_bf16_dense_matmul_and_its_input_gradient_run_bf16_dots_on_the_cpu():
     """The LoRA step's frozen projections: forward and input gradient. (The kernel gradient's
     dot contracts the tokens axis of both operands, which XLA:CPU still runs in fp32.)"""

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import transformers
 
+from fiat_t5x.models.checkpoints.hf_t5 import load_hf_t5
+
 VOCAB = 96
 ENC_LEN, DEC_LEN = 12, 7
 
@@ -46,6 +48,15 @@ def tiny_hf_model(family: str, seed: int = 0) -> transformers.PreTrainedModel:
             elif "relative_attention_bias" in name:
                 param.normal_(0.0, 1.0)
     return model.eval()
+
+
+def saved_tiny_hf_model(directory, family: str, seed: int = 0) -> tuple:
+    """`tiny_hf_model` saved to `directory` and read back by our importer: (HF model, our
+    T5Config, our params)."""
+    model = tiny_hf_model(family, seed)
+    model.save_pretrained(directory)
+    config, params = load_hf_t5(str(directory))
+    return model, config, params
 
 
 def batch() -> dict[str, np.ndarray]:

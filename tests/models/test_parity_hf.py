@@ -20,10 +20,8 @@ FAMILIES = ("t5_1_1", "t5_original", "mt5", "umt5")
 @pytest.fixture(scope="module", params=FAMILIES)
 def imported(request, tmp_path_factory):
     family = request.param
-    model = ref.tiny_hf_model(family)
     directory = tmp_path_factory.mktemp(family) / "hf"
-    model.save_pretrained(directory)
-    config, params = load_hf_t5(str(directory))
+    model, config, params = ref.saved_tiny_hf_model(directory, family)
     return family, model, directory, config, params
 
 

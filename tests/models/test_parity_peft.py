@@ -11,7 +11,7 @@ import pytest
 import transformers
 
 from fiat_t5x.models.checkpoints import flatten
-from fiat_t5x.models.checkpoints.hf_t5 import load_hf_t5, save_hf_t5
+from fiat_t5x.models.checkpoints.hf_t5 import save_hf_t5
 from fiat_t5x.models.checkpoints.peft_adapter import (
     load_peft_adapter,
     save_peft_adapter,
@@ -31,10 +31,8 @@ LORAS = {
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    hf_model = ref.tiny_hf_model("t5_1_1", seed=1)
     directory = tmp_path_factory.mktemp("peft") / "base"
-    hf_model.save_pretrained(directory)
-    config, params = load_hf_t5(str(directory))
+    _, config, params = ref.saved_tiny_hf_model(directory, "t5_1_1", seed=1)
     return directory, config, params
 
 

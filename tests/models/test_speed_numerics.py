@@ -25,7 +25,6 @@ import torch
 import gin
 from fiat_t5x import cpu_tuning
 from fiat_t5x.models.checkpoints import flatten, unflatten
-from fiat_t5x.models.checkpoints.hf_t5 import load_hf_t5
 from fiat_t5x.models.checkpoints.peft_adapter import save_peft_adapter
 from fiat_t5x.models.lora import LoraConfig
 from fiat_t5x.models.model import EncoderDecoderModel
@@ -112,10 +111,8 @@ def test_backend_detection_and_switches(monkeypatch):
 @pytest.fixture(scope="module")
 def lora_pair(tmp_path_factory):
     """Our LoRA model and PEFT's on the same tiny HF base with the same non-zero factors."""
-    hf_model = ref.tiny_hf_model("t5_1_1", seed=3)
     base_dir = tmp_path_factory.mktemp("speed") / "base"
-    hf_model.save_pretrained(base_dir)
-    config, base_params = load_hf_t5(str(base_dir))
+    hf_model, config, base_params = ref.saved_tiny_hf_model(base_dir, "t5_1_1", seed=3)
     # Mean cross-entropy over real target tokens, no z-loss: transformers' `labels` loss.
     model = EncoderDecoderModel(
         config, LORA, z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS"

@@ -44,7 +44,7 @@ def dense_matmul(x: Array, kernel: Array) -> Array:
     that made the backward several times slower than the forward pass, and forming it as
     (g^T x)^T left a transposing copy per kernel for the optimizer (bench/RESULTS.md).
     """
-    return _dot("...i,io->...o", x, kernel)
+    return _dense_matmul_fwd(x, kernel)[0]
 
 
 def _dense_matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -98,7 +98,7 @@ def _head_major(x: Array) -> Array:
 @jax.custom_vjp
 def attention_scores(q: Array, k: Array) -> Array:
     """q [b, q, h, d], k [b, k, h, d] -> fp32 scores [b, h, q, k] (no 1/sqrt(d): T5's scale)."""
-    return _dot("bhqd,bhkd->bhqk", _head_major(q), _head_major(k), jnp.float32)
+    return _attention_scores_fwd(q, k)[0]
 
 
 def _attention_scores_fwd(q: Array, k: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -120,7 +120,7 @@ attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 @jax.custom_vjp
 def attention_context(weights: Array, v: Array) -> Array:
     """weights [b, h, q, k], v [b, k, h, d] -> context [b, q, h, d] in v's dtype."""
-    return _head_major(_dot("bhqk,bhkd->bhqd", weights, _head_major(v), v.dtype))
+    return _attention_context_fwd(weights, v)[0]
 
 
 def _attention_context_fwd(weights: Array, v: Array) -> tuple[Array, tuple[Array, Array]]:

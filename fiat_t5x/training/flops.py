@@ -3,8 +3,9 @@
 MFU = (FLOPs of one step on one device) × steps/s / peak FLOP/s of that device. The FLOPs are
 the matrix multiplications of the traced step (`step_flops`: dead code removed first, as XLA
 removes it, rematerialised ones included) split evenly over the devices: XLA's cost analysis
-counts the body of a loop once, so it misses all but one layer of a scanned stack. Accelerator peaks are the vendors' dense bf16 figures; the CPU peak is estimated
-from the core count, the vector width and the clock (so CPU MFU is indicative only).
+counts the body of a loop once, so it misses all but one layer of a scanned stack. Accelerator
+peaks are the vendors' dense bf16 figures; the CPU peak is estimated from the core count, the
+vector width and the clock (so CPU MFU is indicative only).
 """
 
 from __future__ import annotations

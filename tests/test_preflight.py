@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from fiat_t5x import preflight
+from tests import gpu_host
 from tests.training.training_helpers import REPO
 
 
@@ -135,14 +136,9 @@ def test_the_device_check_imports_nothing_the_gpu_machine_lacks_and_matches_the_
     """bench/aot_device_check.py runs where only JAX, flax, optax and orbax are installed: its
     imports must not reach gin, SeqIO or TensorFlow; its Flan-T5 sizes are the gin files'."""
     blocker = (
-        "import importlib.abc, runpy, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in ('gin', 'seqio', 'tensorflow', 'tensorflow_datasets'):\n"
-        "            raise ImportError('the GPU machine has no ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        gpu_host.BLOCK_MISSING + "import json, runpy\n"
         "module = runpy.run_path('bench/aot_device_check.py', run_name='device_check')\n"
-        "import json; print(json.dumps(module['SIZES']))\n"
+        "print(json.dumps(module['SIZES']))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", blocker],

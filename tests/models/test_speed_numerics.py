@@ -30,6 +30,7 @@ from fiat_t5x.models.lora import LoraConfig
 from fiat_t5x.models.model import EncoderDecoderModel
 from fiat_t5x.training import optimizers, partitioning
 from fiat_t5x.training.trainer import Trainer
+from tests import gpu_host
 from tests.models import hf_reference as ref
 
 LORA = LoraConfig(rank=4, alpha=8.0, targets=("query", "value"))
@@ -50,11 +51,9 @@ def _python(code: str, **env: str) -> dict:
 
 # The GPU bench host has no gin, seqio or TensorFlow: block them, then import what
 # bench/gpu_step.py imports (the models, the trainer, transformers' config conversion).
-_GPU_HOST = """
-for name in ("gin", "seqio", "tensorflow", "tensorflow_datasets"):
-    sys.modules[name] = None
-import fiat_t5x.training.trainer, fiat_t5x.models.checkpoints.hf_t5, fiat_t5x.models.presets
-"""
+_GPU_HOST = gpu_host.BLOCK_MISSING + (
+    "import fiat_t5x.training.trainer, fiat_t5x.models.checkpoints.hf_t5, fiat_t5x.models.presets\n"
+)
 
 _IMPORT_PROBE = """
 import json, sys

@@ -16,12 +16,17 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
+# The project's read-only fixtures (the T5X checkpoint, XTREME-UP data): `shared/` beside the
+# checkout, or wherever FIAT_T5X_SHARED points (a clone made elsewhere).
+SHARED = pathlib.Path(os.environ.get("FIAT_T5X_SHARED", REPO_ROOT.parent / "shared"))
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
-    """`../shared` beside the checkout: read-only fixtures and data (tests only)."""
+    """The shared fixtures directory (tests only)."""
     if not SHARED.is_dir():
-        pytest.fail(f"expected the shared fixtures at {SHARED}")
+        pytest.fail(
+            f"expected the shared fixtures at {SHARED}: clone beside the project's shared/ "
+            "folder or set FIAT_T5X_SHARED=/path/to/shared"
+        )
     return SHARED

@@ -14,6 +14,8 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+from fiat_t5x import storage
+
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 # A checkout: setup.py and gin/ beside the package (an editable install or PYTHONPATH=.).
 _CHECKOUT_ROOT = _PACKAGE_DIR.parent
@@ -48,9 +50,9 @@ def find(path: str | os.PathLike[str], extra: Sequence[str | os.PathLike[str]] =
     """The file `path` names: as given, else under each search path; a leading `gin/` (as in
     `gin/runs/finetune.gin`, written from the repository root) also resolves in gin_dir()."""
     text = os.fspath(path)
-    if os.path.isfile(text):
+    if storage.is_file(text):  # a local file, or one in a bucket (a run's config.gin)
         return text
-    if os.path.isabs(text):
+    if os.path.isabs(text) or storage.is_url(text):
         return None
     candidates = [os.path.join(d, text) for d in search_paths(extra)]
     if text.startswith("gin/"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from fiat_t5x import storage
 from fiat_t5x.models.batch_decoder import BatchDecoder
 from fiat_t5x.models.decoding import until_eos
 from fiat_t5x.rationales.run_checks import check_stores_read_by
@@ -83,7 +83,7 @@ def infer(
         method=decode_method,
         num_beams=num_beams,
     )
-    output_dir = output_dir or os.path.join(model_dir, "inference")
+    output_dir = output_dir or storage.join(model_dir, "inference")
     paths = []
     for task in tasks:
         vocab = task.output_features["targets"].vocabulary
@@ -96,7 +96,7 @@ def infer(
         )
         if num_examples:
             ds = ds.take(num_examples)
-        path = os.path.join(output_dir, f"{task.name}-{split}.jsonl")
+        path = storage.join(output_dir, f"{task.name}-{split}.jsonl")
         examples = list(ds.as_numpy_iterator())
         encoder_tokens = np.zeros((len(examples), task_feature_lengths["inputs"]), np.int32)
         for row, ex in enumerate(examples):
@@ -113,11 +113,8 @@ def infer(
             record["prediction"] = vocab.decode(until_eos(tokens[row])[0])
             records.append(record)
         if jax.process_index() == 0:
-            os.makedirs(output_dir, exist_ok=True)
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                for record in records:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            os.replace(path + ".tmp", path)
+            lines = (json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            storage.write_text(path, "".join(lines))
             logging.info("wrote %d predictions to %s", len(records), path)
         paths.append(path)
     return paths

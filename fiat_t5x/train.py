@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import optax
 
+from fiat_t5x import storage
 from fiat_t5x.data import vocab_coverage
 from fiat_t5x.training import data as data_lib
 from fiat_t5x.training import distributed, gin_cli, truncation
@@ -125,7 +126,7 @@ def expected_checkpoint_tree(model: Any, trainer: Trainer) -> dict[str, Any]:
 def _exists_on_process_0(model_dir: str) -> bool:
     """Whether MODEL_DIR exists, as process 0 sees it, so that every host takes the same path
     (a collective: no process writes before all have looked)."""
-    exists = os.path.isdir(model_dir)
+    exists = storage.is_dir(model_dir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -202,7 +203,7 @@ def train(
     check_task(train_dataset_cfg)
     if eval_dataset_cfg is not None:
         check_task(eval_dataset_cfg)
-    model_dir = os.path.abspath(model_dir)
+    model_dir = storage.normalize(model_dir)
     trainer = make_trainer(
         model=model,
         partitioner=partitioner,

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from fiat_t5x import storage
 from fiat_t5x.data.cot import extract_answer
 from fiat_t5x.inference.beta_outputs import beta_texts
 from fiat_t5x.inference.scoring import resolve_path, score_predictions, write_jsonl, write_metrics
@@ -95,7 +96,7 @@ def icl_baseline(
     targets = [label.target(e.fields) for e in examples]
     predictions = icl_predictions(examples, texts, targets)
     write_jsonl(
-        os.path.join(model_dir, "icl", f"{split_name}.jsonl"),
+        storage.join(model_dir, "icl", f"{split_name}.jsonl"),
         (dataclasses.asdict(p) for p in predictions),
     )
     metrics = score_predictions(

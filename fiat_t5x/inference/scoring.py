@@ -15,6 +15,7 @@ from typing import Any
 
 import seqio
 
+from fiat_t5x import storage
 from fiat_t5x.rationales.prompt_files import resolve_path  # noqa: F401 - re-exported
 from fiat_t5x.training import eval_records
 from fiat_t5x.training.metrics_writer import append_row
@@ -70,13 +71,9 @@ def score_predictions(
 
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
-    """Writes JSON lines atomically (temp file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Writes JSON lines whole or not at all (local or in a bucket: `storage.write_text`)."""
+    lines = (json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+    storage.write_text(path, "".join(lines))
 
 
 def write_metrics(

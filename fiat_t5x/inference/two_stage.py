@@ -24,6 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fiat_t5x import storage
 from fiat_t5x.inference.beta_outputs import beta_texts
 from fiat_t5x.inference.scoring import resolve_path, score_predictions, write_jsonl, write_metrics
 from fiat_t5x.inference.tau import Tau, load_tuned_params
@@ -206,7 +207,7 @@ def fiat_infer(
         beta_prompt=beta_prompt,
         beta=beta,
     )
-    output = output or os.path.join(model_dir, "fiat_infer", f"{split_name}.jsonl")
+    output = output or storage.join(model_dir, "fiat_infer", f"{split_name}.jsonl")
     write_jsonl(output, (p.to_json() for p in predictions))
     metrics = score_fiat_predictions(
         metrics_task or f"{task}_fiat",

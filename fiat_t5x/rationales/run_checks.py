@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
+from fiat_t5x import storage
 from fiat_t5x.rationales.injection import RationaleJoin, rationale_joins
 from fiat_t5x.rationales.prompt_files import resolve_path
 from fiat_t5x.rationales.prompts import PromptSpec, load_prompt
@@ -203,23 +204,19 @@ def write_identity(model_dir: str, stores: list[dict[str, Any]]) -> None:
 
     if jax.process_index() != 0:
         return
-    path = os.path.join(model_dir, RECORD_FILE)
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"format_version": 1, "stores": stores}, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    record = {"format_version": 1, "stores": stores}
+    storage.write_text(
+        storage.join(model_dir, RECORD_FILE), json.dumps(record, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def read_trained_stores(model_dir: str) -> list[dict[str, Any]] | None:
     """The stores recorded in MODEL_DIR at training start (None: no record)."""
-    path = os.path.join(model_dir, RECORD_FILE)
-    if not os.path.exists(path):
+    path = storage.join(model_dir, RECORD_FILE)
+    if not storage.is_file(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            return list(json.load(f)["stores"])
+        return list(json.loads(storage.read_text(path))["stores"])
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{path}: unreadable ({e}); delete it to record the store again") from None
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fiat_t5x import storage
 from fiat_t5x.sweeps import confidence
 from fiat_t5x.sweeps.confidence import BootstrapSettings, Examples, Interval, PairedTest
 from fiat_t5x.sweeps.metrics import MetricPoint
@@ -52,7 +53,7 @@ class _Evidence:
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-    path: pathlib.Path
+    path: str
     metric: str  # the name inside the task, e.g. "accuracy/sw"
 
 
@@ -76,7 +77,7 @@ class Intervals:
         self.model_dir = model_dir
         self.history = history
         self.settings = settings
-        self._evidence: dict[pathlib.Path, _Evidence | Unavailable] = {}
+        self._evidence: dict[str, _Evidence | Unavailable] = {}
 
     # ------------------------------------------------------------------ lookups
 
@@ -174,16 +175,16 @@ class Intervals:
                 continue
             if step not in have:
                 return Unavailable(f"no records of step {step} in {directory} (steps {have})")
-            path = eval_records.step_file(directory.parent, directory.name, step)
+            path = storage.join(directory, eval_records.step_name(step))
             return _Source(path, "/".join(parts[cut:]))
         return Unavailable(f"no per-example records for {name!r}")
 
-    def _load(self, path: pathlib.Path) -> _Evidence | Unavailable:
+    def _load(self, path: str) -> _Evidence | Unavailable:
         if path not in self._evidence:
             self._evidence[path] = self._compute(path)
         return self._evidence[path]
 
-    def _compute(self, path: pathlib.Path) -> _Evidence | Unavailable:
+    def _compute(self, path: str) -> _Evidence | Unavailable:
         try:
             records = eval_records.read_records(path)
         except (OSError, eval_records.RecordsFileError) as e:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -29,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
+from fiat_t5x import storage
 from fiat_t5x.training.train_state import TrainState
 
 _STEP_PREFIX = "checkpoint"
@@ -152,7 +153,7 @@ class CheckpointManager:
     newest intact one."""
 
     def __init__(self, directory: str, period: int = 1000, keep: int | None = 3) -> None:
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.epath_directory(directory)
         self.period = int(period)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1,
@@ -168,7 +169,7 @@ class CheckpointManager:
         )
 
     def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, f"{_STEP_PREFIX}_{step}")
+        return storage.join(self.directory, f"{_STEP_PREFIX}_{step}")
 
     def all_steps(self) -> list[int]:
         self._manager.reload()
@@ -259,7 +260,7 @@ class CheckpointManager:
         source = self.step_dir(step)
         target = f"{source}.{label}-{_now()}"
         if jax.process_index() == 0:
-            os.rename(source, target)
+            epath.Path(source).rename(target)  # a bucket's too (etils, as orbax)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"fiat_t5x set aside {source}")
         self._manager.reload()

@@ -28,12 +28,13 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from fiat_t5x import storage
 
 FORMAT = "fiat_t5x.eval_records/1"
 RECORDS_DIR = "records"
@@ -69,26 +70,27 @@ class Records:
     step: int
     imports: tuple[str, ...]
     rows: tuple[Record, ...]
-    path: pathlib.Path | None = None
+    path: str | None = None
 
 
-def records_dir(model_dir: str | os.PathLike, prefix: str) -> pathlib.Path:
-    """`MODEL_DIR/records/<prefix>`: the folder of a metric prefix such as `eval`."""
-    return pathlib.Path(model_dir) / RECORDS_DIR / prefix
+def records_dir(model_dir: str | os.PathLike, prefix: str) -> str:
+    """`MODEL_DIR/records/<prefix>`: the folder of a metric prefix such as `eval` (local or in a
+    bucket, see `fiat_t5x.storage`)."""
+    return storage.join(os.fspath(model_dir), RECORDS_DIR, prefix)
 
 
-def step_file(directory: str | os.PathLike, task: str, step: int) -> pathlib.Path:
-    return pathlib.Path(directory) / task / f"step_{int(step):08d}.jsonl"
+def step_name(step: int) -> str:
+    return f"step_{int(step):08d}.jsonl"
+
+
+def step_file(directory: str | os.PathLike, task: str, step: int) -> str:
+    return storage.join(os.fspath(directory), task, step_name(step))
 
 
 def available_steps(directory: str | os.PathLike) -> list[int]:
     """Steps with a records file in `directory` (a `<prefix>/<task>` folder), ascending."""
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(
-        int(m.group(1)) for m in map(_STEP_FILE.match, os.listdir(directory)) if m is not None
-    )
+    names = storage.list_dir(os.fspath(directory))
+    return sorted(int(m.group(1)) for m in map(_STEP_FILE.match, names) if m is not None)
 
 
 def gin_imports() -> tuple[str, ...]:
@@ -130,10 +132,9 @@ def write_records(
     step: int,
     rows: Sequence[Record],
     imports: Sequence[str] | None = None,
-) -> pathlib.Path:
-    """Writes `<directory>/<task>/step_<step>.jsonl` whole; returns its path."""
+) -> str:
+    """Writes `<directory>/<task>/step_<step>.jsonl` whole (or not at all); returns its path."""
     path = step_file(directory, task, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {
         "format": FORMAT,
         "task": task,
@@ -142,20 +143,18 @@ def write_records(
         "count": len(rows),
         "imports": list(gin_imports() if imports is None else imports),
     }
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
-        for row in rows:
-            line = {k: _jsonable(v) for k, v in dataclasses.asdict(row).items() if v is not None}
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    lines = [json.dumps({"header": header}, ensure_ascii=False) + "\n"]
+    for row in rows:
+        line = {k: _jsonable(v) for k, v in dataclasses.asdict(row).items() if v is not None}
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+    storage.write_text(path, "".join(lines))
     return path
 
 
 def read_records(path: str | os.PathLike) -> Records:
     """Reads a records file; a malformed or truncated one is an error naming file and line."""
-    path = pathlib.Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    path = os.fspath(path)
+    lines = storage.read_text(path).splitlines()
     try:
         header = json.loads(lines[0])["header"]
         if header.get("format") != FORMAT:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import re
 import tokenize
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
-from fiat_t5x import errors, gin_assignments, gin_files
+from fiat_t5x import errors, gin_assignments, gin_files, storage
 from fiat_t5x.data import sources  # noqa: F401 - registers `malformed_lines` before bindings
 from fiat_t5x.errors import UsageError
 from fiat_t5x.training import log_noise, tf_devices
@@ -37,6 +38,19 @@ _QUOTING_HINT = (
     "string values keep their quotes inside the shell's, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"; "
     "lists and dicts must be complete Python literals"
 )
+
+
+def _read_from_bucket(path: str) -> io.StringIO:
+    return io.StringIO(storage.read_text(path))
+
+
+def _is_in_bucket(path: str) -> bool:
+    return storage.is_url(path) and storage.is_file(path)
+
+
+# gin opens files with `open`; a run's config.gin in a bucket (eval/infer of a MODEL_DIR on
+# gs://) is read through `storage` instead.
+gin.config.register_file_reader(_read_from_bucket, _is_in_bucket)
 
 
 @dataclasses.dataclass
@@ -284,13 +298,9 @@ def write_config(model_dir: str, filename: str = "config.gin") -> str:
     """Write the full gin configuration of this run to MODEL_DIR (process 0 only)."""
     import jax
 
-    path = os.path.join(model_dir, filename)
+    path = storage.join(model_dir, filename)
     if jax.process_index() == 0:
-        os.makedirs(model_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(gin.config_str())
-        os.replace(tmp, path)
+        storage.write_text(path, gin.config_str())
     return path
 
 

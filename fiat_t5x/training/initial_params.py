@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from fiat_t5x.models.checkpoints import storage
+from fiat_t5x import storage
 from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, normalize_index
 from fiat_t5x.models.checkpoints.model_layout import to_model_layout
 from fiat_t5x.models.checkpoints.tree import cast_floating

@@ -22,6 +22,8 @@ import os
 import secrets
 from collections.abc import Mapping
 
+from fiat_t5x import storage
+
 METRICS_FILE = "metrics.jsonl"
 # Row fields besides the metrics.
 STEP_FIELD, RUN_FIELD, WRITER_FIELD, EVENT_FIELD = "step", "run", "writer", "event"
@@ -46,11 +48,9 @@ def run_id() -> str:
 def append_row(model_dir: str, step: int, values: Mapping[str, object], writer: str) -> str:
     """Append one row `{"step", "run", "writer", **values}` to MODEL_DIR/metrics.jsonl (the
     caller makes sure only one process writes); returns the file's path."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, METRICS_FILE)
+    path = storage.join(model_dir, METRICS_FILE)
     row = {STEP_FIELD: int(step), RUN_FIELD: run_id(), WRITER_FIELD: writer, **values}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    storage.append_text(path, json.dumps(row, sort_keys=True) + "\n")
     return path
 
 
@@ -63,13 +63,13 @@ class MetricsWriter:
 
         self.is_writer = jax.process_index() == 0
         self.model_dir = model_dir
-        self.path = os.path.join(model_dir, METRICS_FILE)
-        logdir = model_dir if (tensorboard and self.is_writer) else None
+        self.path = storage.join(model_dir, METRICS_FILE)
+        logdir = storage.epath_directory(model_dir) if (tensorboard and self.is_writer) else None
         self._writer = metric_writers.create_default_writer(
             logdir, just_logging=not self.is_writer or not tensorboard, asynchronous=False
         )
         if self.is_writer:
-            os.makedirs(model_dir, exist_ok=True)
+            storage.makedirs(model_dir)
 
     def start_run(self, step: int) -> None:
         """Record that a training run starts (or resumes) from `step`."""

@@ -4,12 +4,12 @@ checkpoint of MODEL_DIR (which holds only what training changed, e.g. the LoRA f
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from fiat_t5x import storage
 from fiat_t5x.training.checkpointing import CheckpointManager
 from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.optimizers import (
@@ -47,7 +47,7 @@ def trained_params(
     placed, _ = initial_params(model, partitioner, initial_checkpoint_path, everything, seed)
     params = flatten_params(placed)
     restored = None
-    if model_dir and os.path.isdir(model_dir):
+    if model_dir and storage.is_dir(model_dir):
 
         def sharding_for(path: str, shape: tuple[int, ...]) -> Any:
             """A trained parameter goes where the base's of that path went."""

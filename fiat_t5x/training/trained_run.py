@@ -9,11 +9,11 @@ RANDOM_SEED's random init). Export tools need all three put back together, which
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import gin
+from fiat_t5x import storage
 from fiat_t5x.training import gin_cli
 from fiat_t5x.training.restore import trained_params
 
@@ -77,8 +77,8 @@ def load_trained_run(
     """
     files = list(gin_files)
     if not files:
-        config = os.path.join(model_dir, CONFIG_FILE)
-        if not os.path.isfile(config):
+        config = storage.join(model_dir, CONFIG_FILE)
+        if not storage.is_file(config):
             raise FileNotFoundError(
                 f"{config} does not exist: pass the run's model gin files (--gin_file) or point "
                 "at the MODEL_DIR that `python -m fiat_t5x.train` wrote"

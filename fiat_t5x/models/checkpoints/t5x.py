@@ -11,7 +11,8 @@ import logging
 import re
 from typing import Any
 
-from fiat_t5x.models.checkpoints import model_layout, storage, t5x_legacy, t5x_orbax
+from fiat_t5x import storage
+from fiat_t5x.models.checkpoints import model_layout, t5x_legacy, t5x_orbax
 from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, materialize
 from fiat_t5x.models.checkpoints.tree import CheckpointError, cast_floating, unflatten
 

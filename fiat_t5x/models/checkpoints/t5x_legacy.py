@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
-from fiat_t5x.models.checkpoints import storage
+from fiat_t5x import storage
 from fiat_t5x.models.checkpoints.lazy_arrays import InMemoryArray, LazyArray, TensorStoreArray
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 

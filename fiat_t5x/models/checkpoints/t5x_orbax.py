@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorstore as ts
 
-from fiat_t5x.models.checkpoints import storage
+from fiat_t5x import storage
 from fiat_t5x.models.checkpoints.lazy_arrays import LazyArray, TensorStoreArray
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 

@@ -4,8 +4,9 @@ gin's own parser reads each file (following `include`s through the search paths,
 nothing is imported or called, so this is cheap and works before any configurable exists.
 `last_assignments` gives, for every binding key (`MACRO` or `scope/configurable.param`), where
 the stack last sets it and to what; references and macros keep their text (`%BASE_CHECKPOINT_PATH`).
-Used to tell a misspelt `--gin.NAME` from a macro a file sets (`gin_cli.check_macros`) and to find
-sweep bindings that would erase what variants' files set apart (`sweeps.binding_check`).
+Used to tell a misspelt `--gin.NAME` from a macro a file sets (`gin_cli.check_macros`), to find
+sweep bindings that would erase what variants' files set apart (`sweeps.binding_check`), and to
+catch a model's defaults loaded after a file that overrides them (`lost_to_model_defaults`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from fiat_t5x import gin_files
 from gin import config_parser
 
-__all__ = ["Assignment", "Reference", "binding_key", "last_assignments"]
+__all__ = ["Assignment", "Reference", "binding_key", "last_assignments", "lost_to_model_defaults"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,3 +89,41 @@ def _read(
         elif isinstance(statement, config_parser.BindingStatement):
             key = _key(statement.scope, statement.selector, statement.arg_name)
             found[key] = Assignment(statement.value, file, statement.location.line_num)
+
+
+def _is_model_defaults(file: str) -> bool:
+    """A model family's architecture or size file: fiat-t5x's gin/models/<family>/*.gin.
+
+    (gin/models/pod_memory.gin sits directly in gin/models/: it overrides those defaults.)
+    """
+    models = os.path.realpath(os.path.join(gin_files.gin_dir(), "models"))
+    parent = os.path.dirname(os.path.dirname(os.path.realpath(file)))
+    return parent == models
+
+
+def lost_to_model_defaults(
+    files: Sequence[str], search_paths: Sequence[str]
+) -> list[tuple[str, Assignment, Assignment]]:
+    """(key, earlier, later) for each value an earlier file in `files` sets that a model's
+    defaults, loaded by a later file, set back: the earlier setting is silently dead.
+
+    gin keeps the last assignment, so a model file must come before the files that override it
+    (`gin/partitioning/pod.gin` after `models/flan_t5/xxl.gin`). Overrides between other files
+    (an ablation after its dataset file) are how gin stacks are meant to work and are not listed.
+    """
+    earlier: dict[str, Assignment] = {}
+    lost = []
+    for file in files:
+        stack: dict[str, Assignment] = {}
+        _read(file, search_paths, stack, ())
+        for key, later in stack.items():
+            before = earlier.get(key)
+            if (
+                before is not None
+                and _is_model_defaults(later.file)
+                and not _is_model_defaults(before.file)
+                and repr(before.value) != repr(later.value)
+            ):
+                lost.append((key, before, later))
+        earlier.update(stack)
+    return lost

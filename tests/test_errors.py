@@ -112,6 +112,23 @@ CASES = {
         ("gin file 'models/flan_t5/tinny.gin' not found",),
         ("run",),
     ),  # fmt: skip
+    "train pod.gin before the model": Case(
+        _plain(
+            "train",
+            "--gin_file=partitioning/pod.gin",
+            "--gin_file=models/flan_t5/tiny.gin",
+            "--gin_file=runs/finetune.gin",
+            "--gin.MODEL_DIR='{d}/run'",
+        ),
+        (
+            "ACTIVATION_DTYPE: ",
+            "gin/partitioning/pod.gin:",
+            "models/flan_t5/architecture.gin:",
+            "silently lost (so would SCAN_LAYERS, REMAT_POLICY)",
+            "Give the model's --gin_file first",
+        ),
+        ("run",),
+    ),  # fmt: skip
     "train gin syntax": Case(
         _train("--gin_file={d}/broken.gin"),
         ("broken.gin:3: gin syntax error: Failed to parse token 'Z'", "unclosed bracket"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import re
 import tokenize
 from collections.abc import Callable, Iterator, Sequence
@@ -123,6 +122,7 @@ def parse_gin(args: GinArgs) -> None:
                 "name (e.g. models/flan_t5/base.gin, runs/finetune.gin) or add --gin_search_paths"
             )
         files.append(found)
+    _refuse_lost_settings(files, search)
     for file in files:
         with _gin_errors(file, None, search):
             gin.parse_config_file(file)
@@ -130,6 +130,24 @@ def parse_gin(args: GinArgs) -> None:
     for binding, flag in zip(args.bindings, flags, strict=True):
         with _gin_errors(None, flag, search):
             gin.parse_config(binding)
+
+
+def _refuse_lost_settings(files: Sequence[str], search: Sequence[str]) -> None:
+    """A model file after a file that overrides its defaults (pod.gin before xxl.gin) would
+    silently undo those overrides: refuse the order, naming both lines and the fix."""
+    try:
+        lost = gin_assignments.lost_to_model_defaults(files, search)
+    except (FileNotFoundError, SyntaxError, ValueError):
+        return  # a missing include or a syntax error: gin's parse reports it with its line
+    if lost:
+        key, before, later = lost[0]
+        others = ", ".join(k for k, _, _ in lost[1:])
+        raise UsageError(
+            f"{key}: {before.describe()}, but a later --gin_file loads the model's defaults and "
+            f"{later.describe()}, so the earlier setting would be silently lost"
+            + (f" (so would {others})" if others else "")
+            + ". Give the model's --gin_file first, then the files that override it"
+        )
 
 
 def parse_bindings(bindings: Sequence[str], flag: str = "--gin_bindings") -> None:
@@ -277,7 +295,7 @@ def require_run_dir(macro: str = "MODEL_DIR") -> str:
     """The directory `%macro` names, which must exist (eval and infer read a training run's
     checkpoints: a mistyped MODEL_DIR must not quietly evaluate the untrained base)."""
     path = gin.query_parameter(f"%{macro}")
-    if not isinstance(path, str) or not os.path.isdir(path):
+    if not isinstance(path, str) or not storage.is_dir(path):
         raise UsageError(
             f"{macro}={path!r} is not a directory; point --gin.{macro} at the directory "
             "`fiat-t5x train` wrote (with its checkpoint_N folders), or create an empty one to "

@@ -281,8 +281,13 @@ def train(
     writer = MetricsWriter(model_dir)
     writer.start_run(start_step)
     watcher = PreemptionWatcher()
+
+    def save(train_state: TrainState, step: int, position: int, force: bool) -> None:
+        if checkpoints.save(train_state, position, force, step=step):
+            writer.flush()  # metrics.jsonl complete up to the newest checkpoint
+
     hooks = LoopHooks(
-        save=lambda s, step, pos, force: checkpoints.save(s, pos, force, step=step),
+        save=save,
         evaluate=evaluation,
         stop_requested=watcher.stop_requested,
         write_metrics=writer.write,

@@ -73,3 +73,24 @@ def test_evaluation_records_and_metrics_rows_round_trip_at_a_url(tmp_path):
         metrics_writer.append_row(url, step, {"train/loss": float(step)}, "train")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["train/loss"] for line in lines] == [1.0, 2.0]
+
+
+def test_metrics_rows_for_a_bucket_are_gathered_until_a_flush(tmp_path):
+    """An object cannot grow: the trainer's rows go up at checkpoints (flush), every
+    `url_flush_s` seconds and at close, not once per logged step; locally they land at once."""
+    url, local = f"file://{tmp_path}/run", tmp_path / "run" / "metrics.jsonl"
+    writer = metrics_writer.MetricsWriter(url, tensorboard=False, url_flush_s=3600)
+    writer.start_run(0)
+    writer.write(1, {"train/loss": 1.0})
+    assert not local.exists()
+    writer.flush()
+    assert len(local.read_text().splitlines()) == 2
+    writer.write(2, {"train/loss": 2.0})
+    assert len(local.read_text().splitlines()) == 2
+    writer.close()
+    assert [json.loads(line)["step"] for line in local.read_text().splitlines()] == [0, 1, 2]
+
+    at_once = metrics_writer.MetricsWriter(str(tmp_path / "local"), tensorboard=False)
+    at_once.write(1, {"train/loss": 1.0})
+    assert len((tmp_path / "local" / "metrics.jsonl").read_text().splitlines()) == 1
+    at_once.close()

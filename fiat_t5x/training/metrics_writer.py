@@ -12,6 +12,12 @@ A training run also writes `{"step": S, "run": ..., "writer": "train", "event": 
 when it starts from step S: after a restart, rows of earlier runs past S describe steps that
 were trained again (or lost), so readers drop them (`fiat_t5x.sweeps.metrics`) and never
 average two copies of a replayed step.
+
+In a bucket (MODEL_DIR `gs://...`) an object cannot grow, so every append rewrites it; the
+training loop's rows are therefore gathered and written at most every `url_flush_s` seconds and
+whenever a checkpoint is saved (`flush`), so that the file is complete up to the newest
+checkpoint (rows after it describe steps a restart trains again) and a long run does not upload
+its growing file once per logged step.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import datetime
 import json
 import os
 import secrets
+import time
 from collections.abc import Mapping
 
 from fiat_t5x import storage
@@ -49,15 +56,21 @@ def append_row(model_dir: str, step: int, values: Mapping[str, object], writer: 
     """Append one row `{"step", "run", "writer", **values}` to MODEL_DIR/metrics.jsonl (the
     caller makes sure only one process writes); returns the file's path."""
     path = storage.join(model_dir, METRICS_FILE)
-    row = {STEP_FIELD: int(step), RUN_FIELD: run_id(), WRITER_FIELD: writer, **values}
-    storage.append_text(path, json.dumps(row, sort_keys=True) + "\n")
+    storage.append_text(path, _row_line(step, values, writer))
     return path
+
+
+def _row_line(step: int, values: Mapping[str, object], writer: str) -> str:
+    row = {STEP_FIELD: int(step), RUN_FIELD: run_id(), WRITER_FIELD: writer, **values}
+    return json.dumps(row, sort_keys=True) + "\n"
 
 
 class MetricsWriter:
     """Writes `{name: float}` per step to TensorBoard event files and to the JSON lines file."""
 
-    def __init__(self, model_dir: str, *, tensorboard: bool = True) -> None:
+    def __init__(
+        self, model_dir: str, *, tensorboard: bool = True, url_flush_s: float = 60.0
+    ) -> None:
         import jax
         from clu import metric_writers
 
@@ -70,20 +83,42 @@ class MetricsWriter:
         )
         if self.is_writer:
             storage.makedirs(model_dir)
+        self._gather = self.is_writer and storage.is_url(model_dir)
+        self._url_flush_s = url_flush_s
+        self._pending: list[str] = []
+        self._last_flush = time.monotonic()
 
     def start_run(self, step: int) -> None:
         """Record that a training run starts (or resumes) from `step`."""
-        if self.is_writer:
-            append_row(self.model_dir, step, {EVENT_FIELD: RUN_START_EVENT}, TRAIN_WRITER)
+        self._append(step, {EVENT_FIELD: RUN_START_EVENT}, TRAIN_WRITER)
 
     def write(self, step: int, scalars: Mapping[str, float], writer: str = TRAIN_WRITER) -> None:
         values = {k: float(v) for k, v in scalars.items()}
         self._writer.write_scalars(int(step), values)
-        if self.is_writer:
-            append_row(self.model_dir, step, values, writer)
+        self._append(step, values, writer)
+
+    def _append(self, step: int, values: Mapping[str, object], writer: str) -> None:
+        if not self.is_writer:
+            return
+        if not self._gather:
+            storage.append_text(self.path, _row_line(step, values, writer))
+            return
+        self._pending.append(_row_line(step, values, writer))
+        if time.monotonic() - self._last_flush >= self._url_flush_s:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            storage.append_text(self.path, "".join(self._pending))
+            self._pending.clear()
+        self._last_flush = time.monotonic()
 
     def flush(self) -> None:
+        """Everything written so far reaches TensorBoard's files and metrics.jsonl (call it
+        after each checkpoint)."""
         self._writer.flush()
+        self._write_pending()
 
     def close(self) -> None:
+        self._write_pending()
         self._writer.close()

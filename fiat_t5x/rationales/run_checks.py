@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,12 @@ from fiat_t5x.rationales.injection import RationaleJoin, rationale_joins
 from fiat_t5x.rationales.prompt_files import resolve_path
 from fiat_t5x.rationales.prompts import PromptSpec, load_prompt
 from fiat_t5x.rationales.providers.base import Provider
-from fiat_t5x.rationales.store import RationaleStore, StoreIdentity, StoreMismatchError
+from fiat_t5x.rationales.store import (
+    IDENTITY_FILE,
+    RationaleStore,
+    StoreIdentity,
+    StoreMismatchError,
+)
 from fiat_t5x.training.gin_cli import UsageError
 
 logger = logging.getLogger(__name__)
@@ -175,7 +179,7 @@ class RationaleChecks:
         if missing:
             raise MissingRationalesAtStartError(f"before training: {' | '.join(missing)}")
         return {
-            "store_dir": os.path.abspath(directory),
+            "store_dir": storage.normalize(directory),
             "identity_sha256": store.identity.sha256,
             "identity": store.identity.to_json(),
             "rationales": checked,
@@ -261,7 +265,7 @@ def check_trained_identity(
                 f"{describe_beta(expected)} (differs in {diff}). Use the β τ was trained with "
                 "(BETA), or train τ on this β's rationales"
             )
-    if os.path.exists(os.path.join(store_dir, "identity.json")):
+    if storage.is_file(storage.join(store_dir, IDENTITY_FILE)):
         store = RationaleStore.open_readonly(store_dir)
         if all(store.identity.sha256 != i.sha256 for i in identities):
             raise StoreMismatchError(

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from fiat_t5x import storage
 from fiat_t5x.training.gin_cli import UsageError
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,9 @@ class _Scan:
     total_bytes: int
 
 
-def _scan(path: pathlib.Path) -> _Scan:
-    data = path.read_bytes() if path.exists() else b""
+def _scan(path: str | os.PathLike) -> _Scan:
+    path = os.fspath(path)
+    data = storage.read_bytes(path) if storage.is_file(path) else b""
     records: list[Record] = []
     offset = good = 0
     bad_line: int | None = None
@@ -238,7 +240,9 @@ class RationaleStore:
     split is `store.texts(task, split)[example_id]`.
     """
 
-    def __init__(self, directory: pathlib.Path, identity: StoreIdentity, records: list[Record]):
+    def __init__(
+        self, directory: pathlib.Path | str, identity: StoreIdentity, records: list[Record]
+    ):
         self.directory = directory
         self.identity = identity
         self._rationales: dict[tuple[str, str], dict[str, RationaleRecord]] = {}
@@ -324,22 +328,28 @@ class RationaleStore:
     @classmethod
     def open_readonly(cls, directory: str | os.PathLike) -> RationaleStore:
         """Opens a store for reading; never locks or repairs. A torn tail is ignored with a warning
-        (it may be a record a live writer is in the middle of)."""
-        directory = pathlib.Path(directory)
-        identity_path = directory / IDENTITY_FILE
-        if not identity_path.exists():
+        (it may be a record a live writer is in the middle of).
+
+        The directory may be a bucket URL (`gs://...`): every host of a pod reads the one copy
+        (`fiat_t5x.storage`). Stores are written on local disk (`open_for_writing`).
+        """
+        where = os.fspath(directory)
+        identity_path = storage.join(where, IDENTITY_FILE)
+        if not storage.is_file(identity_path):
             raise FileNotFoundError(
-                f"{directory} is not a rationale store (no {IDENTITY_FILE}); generate one with "
+                f"{where} is not a rationale store (no {IDENTITY_FILE}); generate one with "
                 "`fiat-t5x rationales generate --store DIR ...`"
             )
-        scan = _scan(directory / RECORDS_FILE)
+        records_path = storage.join(where, RECORDS_FILE)
+        scan = _scan(records_path)
         if scan.good_bytes < scan.total_bytes:
             logger.warning(
                 "%s: ignoring %d bytes of an incomplete last record",
-                directory / RECORDS_FILE,
+                records_path,
                 scan.total_bytes - scan.good_bytes,
             )
-        return cls(directory, _read_identity(identity_path), scan.records)
+        opened = where if storage.is_url(where) else pathlib.Path(where)
+        return cls(opened, _read_identity(identity_path), scan.records)
 
     def close(self) -> None:
         if self._file is not None:
@@ -436,9 +446,9 @@ class RationaleStore:
         )
 
 
-def _read_identity(path: pathlib.Path) -> StoreIdentity:
+def _read_identity(path: str | os.PathLike) -> StoreIdentity:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(storage.read_text(os.fspath(path)))
         return StoreIdentity.from_json(data)
     except (ValueError, KeyError) as e:
         raise StoreCorruptError(f"{path}: not a valid store identity ({e!r})") from e

@@ -84,6 +84,21 @@ def test_records_survive_reopen_and_index_by_task_split(tmp_path):
     assert identity["sha256"] == IDENTITY.sha256
 
 
+def test_a_store_in_a_bucket_is_read_like_a_local_one(tmp_path):
+    """A pod's hosts read one copy at a URL (gs://; file:// takes the same kvstore path)."""
+    with RationaleStore.open_for_writing(tmp_path, IDENTITY) as store:
+        store.append([rationale("1", "one"), rationale("2", "two"), failure("3")])
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(records.read_bytes() + b"0000")  # a torn tail, as a live writer leaves
+    reader = RationaleStore.open_readonly(f"file://{tmp_path}")
+    assert reader.directory == f"file://{tmp_path}"
+    assert reader.identity == IDENTITY
+    assert reader.texts("t", "train") == {"1": "one", "2": "two"}
+    assert set(reader.failures("t", "train")) == {"3"}
+    with pytest.raises(FileNotFoundError, match="not a rationale store"):
+        RationaleStore.open_readonly(f"file://{tmp_path}/nothing")
+
+
 def test_a_rationale_settles_a_key_and_supersedes_failures(tmp_path):
     with RationaleStore.open_for_writing(tmp_path, IDENTITY) as store:
         store.append([failure("1", permanent=False), failure("2", permanent=True)])

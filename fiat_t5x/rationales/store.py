@@ -265,6 +265,12 @@ class RationaleStore:
         records were made with another identity, StoreCorruptError when a record in the middle
         is damaged. A store without records takes the new identity (nothing can mix).
         """
+        if storage.is_url(os.fspath(directory)):
+            raise StoreError(
+                f"{os.fspath(directory)}: a rationale store is written on local disk (it appends "
+                "and locks); generate into a local directory, then copy it to the bucket for "
+                "training to read"
+            )
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(directory)

@@ -84,7 +84,7 @@ def test_records_survive_reopen_and_index_by_task_split(tmp_path):
     assert identity["sha256"] == IDENTITY.sha256
 
 
-def test_a_store_in_a_bucket_is_read_like_a_local_one(tmp_path):
+def test_a_store_in_a_bucket_is_read_like_a_local_one(tmp_path, monkeypatch):
     """A pod's hosts read one copy at a URL (gs://; file:// takes the same kvstore path)."""
     with RationaleStore.open_for_writing(tmp_path, IDENTITY) as store:
         store.append([rationale("1", "one"), rationale("2", "two"), failure("3")])
@@ -97,6 +97,10 @@ def test_a_store_in_a_bucket_is_read_like_a_local_one(tmp_path):
     assert set(reader.failures("t", "train")) == {"3"}
     with pytest.raises(FileNotFoundError, match="not a rationale store"):
         RationaleStore.open_readonly(f"file://{tmp_path}/nothing")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="written on local disk"):
+        RationaleStore.open_for_writing(f"file://{tmp_path}/new", IDENTITY)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "file:").exists()
 
 
 def test_a_rationale_settles_a_key_and_supersedes_failures(tmp_path):

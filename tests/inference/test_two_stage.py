@@ -107,6 +107,11 @@ def test_two_stage_equals_the_stages_by_hand(tiny_tau, tmp_path, monkeypatch):
         split="test",
     )
     assert again == predictions
+    # The same store read from a bucket (file:// takes the kvstore path gs:// does), no β.
+    local = beta_texts(examples, store_dir=store_dir, task="fiat_demo", split="test")
+    assert beta_texts(
+        examples, store_dir=f"file://{store_dir}", task="fiat_demo", split="test"
+    ) == (local)
     metrics = score_fiat_predictions("fiat_demo_fiat", examples, predictions)
     hits = [p.prediction.strip() == p.target for p in predictions]
     assert metrics["accuracy"] == pytest.approx(100.0 * np.mean(hits))

@@ -4,6 +4,7 @@ overwrite, and mismatch errors that reach the user."""
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import pytest
@@ -44,6 +45,11 @@ def test_t5x_to_hf_with_gin_config(checkpoint, fixture_params, tmp_path, capsys)
     # Without --overwrite an existing output is left alone.
     assert cli.main(argv) == 2
     assert "already exists" in capsys.readouterr().err
+    # A bucket URL is refused with the fix, not written as a local folder named gs:.
+    to_bucket = [*argv[:5], "gs://bucket/hf", *argv[6:]]
+    assert cli.main(to_bucket) == 2
+    assert "write locally, then copy it to the bucket" in capsys.readouterr().err
+    assert not pathlib.Path("gs:").exists()
 
 
 def test_wrong_config_names_parameter_and_shapes(checkpoint, tmp_path, capsys):

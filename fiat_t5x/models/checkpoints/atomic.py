@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from fiat_t5x import storage
 from fiat_t5x.models.checkpoints.tree import CheckpointError
 
 
@@ -17,6 +18,11 @@ def atomic_directory(path: str, *, overwrite: bool = False) -> Iterator[str]:
 
     A crash or exception leaves `path` untouched (and no half-written files behind).
     """
+    if storage.is_url(path):
+        raise CheckpointError(
+            f"output {path}: exported checkpoints are written to a local directory (built "
+            "beside it and renamed when complete); write locally, then copy it to the bucket"
+        )
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
         raise CheckpointError(f"output {path} already exists; remove it or pass overwrite")

@@ -278,6 +278,12 @@ CASES = {
         ("unknown variant(s) ['fiatt']",),
         ("sweep",),
     ),  # fmt: skip
+    "sweep root URL": Case(
+        _plain("sweep", "run", "gin/sweeps/demo.yaml", "--root", "gs://bucket/sweep"),
+        ("argument --root: 'gs://bucket/sweep' is a URL", "mounted with gcsfuse"),
+        ("gs:",),
+        prog="fiat-t5x sweep run",
+    ),  # fmt: skip
     "rationales unknown module": Case(
         _plain(
             "rationales",

@@ -48,13 +48,25 @@ def sweep_file(path: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(found) if found else path
 
 
+def root_dir(text: str) -> pathlib.Path:
+    """A sweep root: a directory the runner writes with local file calls (on a pod, a shared
+    disk or a mounted bucket); a URL would silently become a local folder named `gs:`."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URL; the sweep root must be a local or mounted directory (a shared "
+            "disk, or the bucket mounted with gcsfuse). A single run writes to a bucket with "
+            "--gin.MODEL_DIR='gs://...'"
+        )
+    return pathlib.Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiat-t5x sweep", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
 
     run = sub.add_parser("run", help="train and evaluate every variant into ROOT/<variant>/")
     run.add_argument("sweep", type=pathlib.Path)
-    run.add_argument("--root", type=pathlib.Path, required=True)
+    run.add_argument("--root", type=root_dir, required=True)
     run.add_argument("--only", default="", help="comma-separated variant names")
     run.add_argument("--fail_fast", action="store_true", help="stop at the first failure")
     run.add_argument("--num_processes", type=int, default=1, help="local processes per variant")
@@ -68,11 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("status", "state of every variant"), ("list", "variants and commands")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("sweep", type=pathlib.Path)
-        p.add_argument("--root", type=pathlib.Path, default=pathlib.Path("sweep_root"))
+        p.add_argument("--root", type=root_dir, default=pathlib.Path("sweep_root"))
 
     report = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG)")
     report.add_argument("sweep", type=pathlib.Path)
-    report.add_argument("--root", type=pathlib.Path, required=True)
+    report.add_argument("--root", type=root_dir, required=True)
     report.add_argument("--out", type=pathlib.Path, required=True)
     report.add_argument("--no_plots", action="store_true")
     return parser

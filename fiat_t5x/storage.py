@@ -19,8 +19,8 @@ import secrets
 from typing import Any
 
 
-def is_url(path: str) -> bool:
-    return "://" in path
+def is_url(path: str | os.PathLike[str]) -> bool:
+    return "://" in os.fspath(path)
 
 
 def join(path: str, *parts: str) -> str:

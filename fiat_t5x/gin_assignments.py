@@ -91,14 +91,12 @@ def _read(
             found[key] = Assignment(statement.value, file, statement.location.line_num)
 
 
-def _is_model_defaults(file: str) -> bool:
+def _is_model_defaults(file: str, models_dir: str) -> bool:
     """A model family's architecture or size file: fiat-t5x's gin/models/<family>/*.gin.
 
     (gin/models/pod_memory.gin sits directly in gin/models/: it overrides those defaults.)
     """
-    models = os.path.realpath(os.path.join(gin_files.gin_dir(), "models"))
-    parent = os.path.dirname(os.path.dirname(os.path.realpath(file)))
-    return parent == models
+    return os.path.dirname(os.path.dirname(os.path.realpath(file))) == models_dir
 
 
 def lost_to_model_defaults(
@@ -111,6 +109,7 @@ def lost_to_model_defaults(
     (`gin/partitioning/pod.gin` after `models/flan_t5/xxl.gin`). Overrides between other files
     (an ablation after its dataset file) are how gin stacks are meant to work and are not listed.
     """
+    models_dir = os.path.realpath(os.path.join(gin_files.gin_dir(), "models"))
     earlier: dict[str, Assignment] = {}
     lost = []
     for file in files:
@@ -120,8 +119,8 @@ def lost_to_model_defaults(
             before = earlier.get(key)
             if (
                 before is not None
-                and _is_model_defaults(later.file)
-                and not _is_model_defaults(before.file)
+                and _is_model_defaults(later.file, models_dir)
+                and not _is_model_defaults(before.file, models_dir)
                 and repr(before.value) != repr(later.value)
             ):
                 lost.append((key, before, later))

@@ -8,15 +8,13 @@ the same crash-safe generation job as training-time rationales.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
-from fiat_t5x import storage
 from fiat_t5x.rationales.generate import Example, generate_rationales, identity_for
 from fiat_t5x.rationales.injection import MissingRationaleError
 from fiat_t5x.rationales.prompts import PromptSpec
 from fiat_t5x.rationales.providers.base import Provider
-from fiat_t5x.rationales.store import IDENTITY_FILE, RationaleStore
+from fiat_t5x.rationales.store import RationaleStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +35,7 @@ def beta_texts(
     both are given; otherwise, or when β fails on some, `MissingRationaleError` names them.
     """
     stored: dict[str, str] = {}
-    if storage.is_file(storage.join(os.fspath(store_dir), IDENTITY_FILE)):  # local or a bucket
+    if RationaleStore.is_store(store_dir):  # local or a bucket
         stored = RationaleStore.open_readonly(store_dir).texts(task, split)
     missing = [e for e in examples if e.example_id not in stored]
     if missing and provider is not None and prompt is not None:

@@ -32,12 +32,7 @@ from fiat_t5x.rationales.injection import RationaleJoin, rationale_joins
 from fiat_t5x.rationales.prompt_files import resolve_path
 from fiat_t5x.rationales.prompts import PromptSpec, load_prompt
 from fiat_t5x.rationales.providers.base import Provider
-from fiat_t5x.rationales.store import (
-    IDENTITY_FILE,
-    RationaleStore,
-    StoreIdentity,
-    StoreMismatchError,
-)
+from fiat_t5x.rationales.store import RationaleStore, StoreIdentity, StoreMismatchError
 from fiat_t5x.training.gin_cli import UsageError
 
 logger = logging.getLogger(__name__)
@@ -217,10 +212,10 @@ def write_identity(model_dir: str, stores: list[dict[str, Any]]) -> None:
 def read_trained_stores(model_dir: str) -> list[dict[str, Any]] | None:
     """The stores recorded in MODEL_DIR at training start (None: no record)."""
     path = storage.join(model_dir, RECORD_FILE)
-    if not storage.is_file(path):
-        return None
     try:
         return list(json.loads(storage.read_text(path))["stores"])
+    except FileNotFoundError:
+        return None
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{path}: unreadable ({e}); delete it to record the store again") from None
 
@@ -265,7 +260,7 @@ def check_trained_identity(
                 f"{describe_beta(expected)} (differs in {diff}). Use the β τ was trained with "
                 "(BETA), or train τ on this β's rationales"
             )
-    if storage.is_file(storage.join(store_dir, IDENTITY_FILE)):
+    if RationaleStore.is_store(store_dir):
         store = RationaleStore.open_readonly(store_dir)
         if all(store.identity.sha256 != i.sha256 for i in identities):
             raise StoreMismatchError(

@@ -202,8 +202,10 @@ class _Scan:
 
 
 def _scan(path: str | os.PathLike) -> _Scan:
-    path = os.fspath(path)
-    data = storage.read_bytes(path) if storage.is_file(path) else b""
+    try:
+        data = storage.read_bytes(os.fspath(path))
+    except FileNotFoundError:
+        data = b""
     records: list[Record] = []
     offset = good = 0
     bad_line: int | None = None
@@ -340,12 +342,13 @@ class RationaleStore:
         (`fiat_t5x.storage`). Stores are written on local disk (`open_for_writing`).
         """
         where = os.fspath(directory)
-        identity_path = storage.join(where, IDENTITY_FILE)
-        if not storage.is_file(identity_path):
+        try:
+            identity = _read_identity(storage.join(where, IDENTITY_FILE))
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"{where} is not a rationale store (no {IDENTITY_FILE}); generate one with "
                 "`fiat-t5x rationales generate --store DIR ...`"
-            )
+            ) from None
         records_path = storage.join(where, RECORDS_FILE)
         scan = _scan(records_path)
         if scan.good_bytes < scan.total_bytes:
@@ -355,7 +358,12 @@ class RationaleStore:
                 scan.total_bytes - scan.good_bytes,
             )
         opened = where if storage.is_url(where) else pathlib.Path(where)
-        return cls(opened, _read_identity(identity_path), scan.records)
+        return cls(opened, identity, scan.records)
+
+    @staticmethod
+    def is_store(directory: str | os.PathLike) -> bool:
+        """Whether `directory` (local or a bucket URL) holds a store."""
+        return storage.is_file(storage.join(os.fspath(directory), IDENTITY_FILE))
 
     def close(self) -> None:
         if self._file is not None:

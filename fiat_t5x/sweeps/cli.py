@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from fiat_t5x import errors, gin_files
+from fiat_t5x import errors, gin_files, storage
 from fiat_t5x.errors import UsageError
 from fiat_t5x.sweeps.binding_check import check_bindings_keep_variants_apart
 from fiat_t5x.sweeps.runner import SweepRunner, log_tail, run_one_process, variant_status
@@ -51,7 +51,7 @@ def sweep_file(path: pathlib.Path) -> pathlib.Path:
 def root_dir(text: str) -> pathlib.Path:
     """A sweep root: a directory the runner writes with local file calls (on a pod, a shared
     disk or a mounted bucket); a URL would silently become a local folder named `gs:`."""
-    if "://" in text:
+    if storage.is_url(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is a URL; the sweep root must be a local or mounted directory (a shared "
             "disk, or the bucket mounted with gcsfuse). A single run writes to a bucket with "

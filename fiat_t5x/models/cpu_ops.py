@@ -6,7 +6,8 @@ Why these exist (measured in bench/RESULTS.md, "Where the time goes" and "bf16 o
   whose left operand contracts a non-minor axis runs as a slower generic loop. Autodiff emits
   both kinds; here every dot accumulates in fp32 from its operands' own dtype (the values a bf16
   dot has on an accelerator: exact products, fp32 sums, one rounding), and the backward dots of
-  the attention products are written in the layouts the library takes.
+  the attention products are written in the layouts the library takes (in bf16, forms of their
+  own: `_narrow`).
 - Autodiff of a softmax makes several passes over the [b, h, q, k] scores; its backward here is
   one fusion.
 
@@ -16,6 +17,8 @@ selects them ("auto": the CPU backend only); accelerators differentiate the plai
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,23 +38,38 @@ def _pinned(x: Array) -> Array:
     return jax.lax.optimization_barrier(x)
 
 
-@jax.custom_vjp
-def dense_matmul(x: Array, kernel: Array) -> Array:
+def dense_matmul(x: Array, kernel: Array, float32_sums: bool = False) -> Array:
     """`x @ kernel` for x [..., in], kernel [in, out].
 
     The kernel gradient is one dot over the flattened leading axes, straight into the kernel's
     [in, out] layout: autodiff's batched form made XLA:CPU add a transposing elementwise fusion
     that made the backward several times slower than the forward pass, and forming it as
     (g^T x)^T left a transposing copy per kernel for the optimizer (bench/RESULTS.md).
+
+    `float32_sums` returns the fp32 sums unrounded, for a caller whose next elementwise work
+    (the MLP's activation, LoRA's addition) then reads them and rounds once: XLA:CPU cannot
+    fold the rounding into the library dot, so rounding here costs a pass of its own, and bf16
+    elementwise arithmetic on the CPU rounds after every operation.
     """
-    return _dense_matmul_fwd(x, kernel)[0]
+    return _dense_matmul(x, kernel, float32_sums)
 
 
-def _dense_matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _dot("...i,io->...o", x, kernel), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_matmul(x: Array, kernel: Array, float32_sums: bool) -> Array:
+    return _dense_matmul_fwd(x, kernel, float32_sums)[0]
 
 
-def _dense_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+def _dense_matmul_fwd(
+    x: Array, kernel: Array, float32_sums: bool
+) -> tuple[Array, tuple[Array, Array]]:
+    out = _dot("...i,io->...o", x, kernel, jnp.float32 if float32_sums else None)
+    return out, (x, kernel)
+
+
+def _dense_matmul_bwd(
+    float32_sums: bool, residuals: tuple[Array, Array], g: Array
+) -> tuple[Array, Array]:
+    del float32_sums  # the cotangent is rounded to the operands' dtype either way
     x, kernel = residuals
     x2 = x.reshape(-1, x.shape[-1])
     g2 = g.reshape(-1, g.shape[-1]).astype(x.dtype)
@@ -60,7 +78,7 @@ def _dense_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, 
     return d_x, d_kernel
 
 
-dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+_dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
 @jax.custom_vjp
@@ -90,14 +108,43 @@ def _softmax_bwd(probs: Array, g: Array) -> tuple[Array]:
 softmax_fused_backward.defvjp(_softmax_fwd, _softmax_bwd)
 
 
+def attention_scores(q: Array, k: Array) -> Array:
+    """q [b, q, h, d], k [b, k, h, d] -> fp32 scores [b, h, q, k] (no 1/sqrt(d): T5's scale)."""
+    return (_scores_flat if _narrow(q) else _scores_head_major)(q, k)
+
+
+def attention_context(weights: Array, v: Array) -> Array:
+    """weights [b, h, q, k], v [b, k, h, d] -> context [b, q, h, d] in v's dtype.
+
+    Weights wider than v (the softmax's fp32 probabilities, bf16 values) are rounded to v's
+    dtype here, and their gradient leaves the product in their own dtype: the softmax's
+    backward then reads the fp32 sums, not a bf16 rounding of them.
+    """
+    return (_context_flat if _narrow(v) else _context_head_major)(weights, v)
+
+
+def _narrow(x: Array) -> bool:
+    """bf16 (or fp16) operands: the products take the flat forms below.
+
+    XLA:CPU runs a bf16 dot on its library kernels only with row-major operands in the forms
+    [M, K] . [K, N] or [M, K] . [N, K]; any other dot it computes in fp32 on fp32 copies (a
+    third of the rate). The head-major forms leave XLA free to fold the head transposes into
+    the dot, and two backward products contract the tokens axis of both operands, so in bf16
+    every attention product ran in fp32. The flat forms batch over b*h: the reshape makes the
+    transposes real copies, and those two products take a transposed copy ([d, l]) of one
+    operand. In fp32 the library takes the head-major forms at full rate and the extra
+    copies cost more than they save (bench/RESULTS.md, "bf16 elementwise work and attention").
+    """
+    return jnp.dtype(x.dtype).itemsize < 4
+
+
 def _head_major(x: Array) -> Array:
     """[b, l, h, d] -> [b, h, l, d]: the score and context dots then batch over leading axes."""
     return jnp.swapaxes(x, 1, 2)
 
 
 @jax.custom_vjp
-def attention_scores(q: Array, k: Array) -> Array:
-    """q [b, q, h, d], k [b, k, h, d] -> fp32 scores [b, h, q, k] (no 1/sqrt(d): T5's scale)."""
+def _scores_head_major(q: Array, k: Array) -> Array:
     return _attention_scores_fwd(q, k)[0]
 
 
@@ -114,12 +161,11 @@ def _attention_scores_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Arr
     return _head_major(d_q), jnp.transpose(d_k_t, (0, 3, 1, 2))
 
 
-attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
+_scores_head_major.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 
 
 @jax.custom_vjp
-def attention_context(weights: Array, v: Array) -> Array:
-    """weights [b, h, q, k], v [b, k, h, d] -> context [b, q, h, d] in v's dtype."""
+def _context_head_major(weights: Array, v: Array) -> Array:
     return _attention_context_fwd(weights, v)[0]
 
 
@@ -136,4 +182,79 @@ def _attention_context_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Ar
     return d_weights, jnp.transpose(d_v_t, (0, 3, 1, 2))
 
 
-attention_context.defvjp(_attention_context_fwd, _attention_context_bwd)
+_context_head_major.defvjp(_attention_context_fwd, _attention_context_bwd)
+
+
+def _rows(x: Array) -> Array:
+    """[b, l, h, d] -> [b*h, l, d]."""
+    b, length, h, d = x.shape
+    return jnp.transpose(x, (0, 2, 1, 3)).reshape(b * h, length, d)
+
+
+def _columns(x: Array) -> Array:
+    """[b, l, h, d] -> [b*h, d, l]: the operand of a product that sums over the tokens axis."""
+    b, length, h, d = x.shape
+    return jnp.transpose(x, (0, 2, 3, 1)).reshape(b * h, d, length)
+
+
+def _from_rows(x: Array, b: int) -> Array:
+    """[b*h, l, d] -> [b, l, h, d]."""
+    n, length, d = x.shape
+    return jnp.transpose(x.reshape(b, n // b, length, d), (0, 2, 1, 3))
+
+
+def _from_columns(x: Array, b: int) -> Array:
+    """[b*h, d, l] -> [b, l, h, d]."""
+    n, d, length = x.shape
+    return jnp.transpose(x.reshape(b, n // b, d, length), (0, 3, 1, 2))
+
+
+@jax.custom_vjp
+def _scores_flat(q: Array, k: Array) -> Array:
+    return _scores_flat_fwd(q, k)[0]
+
+
+def _scores_flat_fwd(q: Array, k: Array) -> tuple[Array, tuple[Array, Array]]:
+    b, length_q, h, _ = q.shape
+    k_rows = _rows(k)
+    scores = _dot("nqd,nkd->nqk", _rows(q), k_rows, jnp.float32)
+    return scores.reshape(b, h, length_q, k.shape[1]), (q, k_rows)
+
+
+def _scores_flat_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    q, k_rows = residuals
+    b, length_q, h, _ = q.shape
+    g = g.astype(q.dtype).reshape(b * h, length_q, -1)
+    d_q = _dot("nqk,nkd->nqd", g, k_rows)
+    d_k = _dot("ndq,nqk->ndk", _columns(q), g)
+    return _from_rows(d_q, b), _from_columns(d_k, b)
+
+
+_scores_flat.defvjp(_scores_flat_fwd, _scores_flat_bwd)
+
+
+@jax.custom_vjp
+def _context_flat(weights: Array, v: Array) -> Array:
+    return _context_flat_fwd(weights, v)[0]
+
+
+def _context_flat_fwd(weights: Array, v: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+    b, h, length_q, length_k = weights.shape
+    narrow = weights.reshape(b * h, length_q, length_k).astype(v.dtype)
+    v_rows = _rows(v)
+    context = _from_rows(_dot("nqk,nkd->nqd", narrow, v_rows, v.dtype), b)
+    # A custom_vjp residual must be an array: an empty one carries the weights' dtype.
+    return context, (narrow, v_rows, jnp.zeros((0,), weights.dtype))
+
+
+def _context_flat_bwd(residuals: tuple[Array, Array, Array], g: Array) -> tuple[Array, Array]:
+    weights, v_rows, dtype_carrier = residuals
+    b = g.shape[0]
+    n, length_q, length_k = weights.shape
+    g = g.astype(v_rows.dtype)
+    d_weights = _dot("nqd,nkd->nqk", _rows(g), v_rows, dtype_carrier.dtype)
+    d_v = _dot("ndq,nqk->ndk", _columns(g), weights)
+    return d_weights.reshape(b, n // b, length_q, length_k), _from_columns(d_v, b)
+
+
+_context_flat.defvjp(_context_flat_fwd, _context_flat_bwd)

@@ -49,12 +49,16 @@ def as_dtype(name: Any) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def matmul(x: Array, kernel: Array, *, custom_backward: bool) -> Array:
+def matmul(x: Array, kernel: Array, *, custom_backward: bool, float32_sums: bool = False) -> Array:
     """`x @ kernel`: `dense_matmul` where its backward helps (XLA:CPU), plain autodiff elsewhere.
 
-    Accelerators differentiate `jnp.matmul` well and need no extra residual for it.
+    Accelerators differentiate `jnp.matmul` well and need no extra residual for it, and fuse
+    the rounding of a bf16 dot's sums into it, so `float32_sums` (keep the sums unrounded for
+    the next elementwise op) applies on the CPU path only.
     """
-    return dense_matmul(x, kernel) if custom_backward else jnp.matmul(x, kernel)
+    if custom_backward:
+        return dense_matmul(x, kernel, float32_sums)
+    return jnp.matmul(x, kernel)
 
 
 class RMSNorm(nn.Module):
@@ -185,6 +189,7 @@ class DenseProjection(nn.Module):
     lora: LoraConfig | None = None
     stack_depth: int | None = None
     custom_backward: bool = False
+    float32_output: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -199,7 +204,7 @@ class DenseProjection(nn.Module):
         )
         mm = functools.partial(matmul, custom_backward=self.custom_backward)
         x = x.astype(self.dtype)
-        y = mm(x, kernel.astype(self.dtype))
+        y = mm(x, kernel.astype(self.dtype), float32_sums=True)
         if self.lora is not None and targets_module(self.lora, self.scope.path, self.stack_depth):
             a = self.param(
                 "lora_a",
@@ -217,13 +222,21 @@ class DenseProjection(nn.Module):
             )
             x_lora = nn.Dropout(rate=self.lora.dropout)(x, deterministic=deterministic)
             hidden = checkpoint_name(mm(x_lora, a.astype(self.dtype)), PROJECTION)
-            lora_out = mm(hidden, b.astype(self.dtype))
-            y = y + lora_out * jnp.asarray(self.lora.scale, self.dtype)
+            lora_out = mm(hidden, b.astype(self.dtype), float32_sums=True)
+            y = y + lora_out * jnp.asarray(self.lora.scale, y.dtype)
+        if not (self.float32_output and self.custom_backward):
+            y = y.astype(self.dtype)
         return checkpoint_name(y, PROJECTION)
 
 
 def _sub_projection(
-    parent: nn.Module, name: str, features: int, axes: tuple[str, str], init: Initializer
+    parent: nn.Module,
+    name: str,
+    features: int,
+    axes: tuple[str, str],
+    init: Initializer,
+    *,
+    float32_output: bool = False,
 ) -> DenseProjection:
     """A projection inside `parent` (attention or MLP) with its LoRA, stack depth, backward and
     dtypes."""
@@ -234,6 +247,7 @@ def _sub_projection(
         lora=parent.lora,
         stack_depth=parent.stack_depth,
         custom_backward=parent.custom_backward,
+        float32_output=float32_output,
         dtype=parent.dtype,
         param_dtype=parent.param_dtype,
         name=name,
@@ -353,8 +367,9 @@ class MultiHeadAttention(nn.Module):
         `jax.nn.dot_product_attention` (fp32 logits and softmax, T5's unit scale) when fused.
 
         With `cpu_path` (the CPU path over whole sequences) the score and context products and
-        the softmax are `models.cpu_ops`' (head-major, fp32 scores, library-friendly backward);
-        the softmax has its one-fusion backward wherever `custom_backward` is set.
+        the softmax are `models.cpu_ops`' (fp32 scores, forms the library kernels take, the
+        fp32 probabilities rounded inside the context product); the softmax has its one-fusion
+        backward wherever `custom_backward` is set.
         """
         if self.fused:
             if not deterministic and self.dropout_rate > 0:
@@ -384,9 +399,11 @@ class MultiHeadAttention(nn.Module):
         logits = checkpoint_name(logits, ATTENTION_LOGITS)
         logits = act.constrain(logits, (act.BATCH, act.HEADS, act.LENGTH, None))
         softmax = softmax_fused_backward if self.custom_backward else jax.nn.softmax
-        weights = softmax(logits.astype(jnp.float32)).astype(self.dtype)
+        weights = softmax(logits.astype(jnp.float32))
+        if not cpu_path:
+            weights = weights.astype(self.dtype)
         weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
-        if cpu_path:
+        if cpu_path:  # rounds the fp32 weights to v's dtype itself, after the dropout
             return attention_context(weights, v.astype(self.dtype))
         return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
 
@@ -403,9 +420,11 @@ class MlpBlock(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def _proj(self, name: str, features: int, axes: tuple[str, str]) -> DenseProjection:
+    def _proj(
+        self, name: str, features: int, axes: tuple[str, str], *, float32_output: bool = False
+    ) -> DenseProjection:
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        return _sub_projection(self, name, features, axes, init)
+        return _sub_projection(self, name, features, axes, init, float32_output=float32_output)
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
@@ -417,10 +436,15 @@ class MlpBlock(nn.Module):
         )
         hidden = None
         for name, activation in zip(names, self.activations, strict=True):
-            h = self._proj(name, self.mlp_dim, ("embed", "mlp"))(x, deterministic=deterministic)
-            h = act.constrain(h, (act.BATCH, act.LENGTH, act.MLP))
+            # On the CPU path the activation reads the projection's fp32 sums (one rounding,
+            # after the product, instead of a rounding pass per projection and per operation).
+            proj = self._proj(name, self.mlp_dim, ("embed", "mlp"), float32_output=True)
+            h = act.constrain(
+                proj(x, deterministic=deterministic), (act.BATCH, act.LENGTH, act.MLP)
+            )
             h = _ACTIVATIONS[activation](h)
             hidden = h if hidden is None else hidden * h
+        hidden = hidden.astype(self.dtype)
         hidden = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic
         )

@@ -4,16 +4,20 @@ fp32: values and every gradient agree with `jnp.matmul` / `jnp.einsum` to summat
 each dot takes its bf16 operands to an fp32 sum and rounds once, which is exactly the plain op on
 fp32 copies of the operands, rounded; the compiled CPU step keeps those dots in bf16 (XLA:CPU
 rewrites a bf16 -> bf16 dot to an fp32 dot, and that was the whole bf16 slowdown on the CPU).
+Where the next elementwise work reads a projection (the MLP's gated activation, LoRA's
+addition), the CPU path hands it the fp32 sums and rounds once after that work.
 """
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fiat_t5x.models import cpu_ops
+from fiat_t5x.models import cpu_ops, layers
+from fiat_t5x.models.lora import LoraConfig
 
 B, L, K, H, D = 2, 5, 7, 3, 4  # batch, query length, key length, heads, head dim
 
@@ -122,3 +126,127 @@ def test_bf16_dense_matmul_and_its_input_gradient_run_bf16_dots_on_the_cpu():
     plain = _dot_operand_dtypes(input_grad(jnp.matmul), x, w)
     assert len(ours) == 4 and set(ours) == {"bf16"}, ours  # two dots, two operands each
     assert "f32" in plain, plain
+
+
+def test_float32_sums_are_the_unrounded_product_and_leave_the_gradients_as_they_were():
+    x = _normal(0, (B, L, 6), jnp.bfloat16)
+    w = _normal(1, (6, 4), jnp.bfloat16)
+    cotangent = _normal(9, (B, L, 4))
+    sums, grads = _value_and_vjp(lambda x, w: cpu_ops.dense_matmul(x, w, True), [x, w], cotangent)
+    assert sums.dtype == jnp.float32
+    wide = jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32))
+    np.testing.assert_allclose(sums, wide, rtol=1e-6, atol=1e-6)
+    # The backward rounds the cotangent to the operands' dtype, as for the rounded product.
+    _, rounded_grads = _value_and_vjp(cpu_ops.dense_matmul, [x, w], cotangent.astype(jnp.bfloat16))
+    for got, want in zip(grads, rounded_grads, strict=True):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
+
+
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not _cpu_has_bf16_units(),
+    reason="XLA:CPU's bf16 dots, on a CPU with bf16 units (AVX512-BF16 or AMX)",
+)
+@pytest.mark.parametrize("name", ["attention_scores", "attention_context"])
+def test_bf16_attention_products_and_their_gradients_run_bf16_dots_on_the_cpu(name):
+    """All six attention products of a bf16 step (two forward, four backward) stay bf16. (XLA
+    computes a dot with odd sizes, as in CASES, in fp32 whatever its form: even sizes here.)"""
+    ours_fn, plain_fn, _ = CASES[name]
+    b, length, h, d = 2, 16, 2, 8
+    heads, weights = (b, length, h, d), (b, h, length, length)
+    shapes = (heads, heads) if name == "attention_scores" else (weights, heads)
+    args = [_normal(i, shape, jnp.bfloat16) for i, shape in enumerate(shapes)]
+
+    def grads(fn):
+        return jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a).astype(jnp.float32))), argnums=(0, 1))
+
+    ours = _dot_operand_dtypes(grads(ours_fn), *args)
+    plain = _dot_operand_dtypes(grads(plain_fn), *args)
+    assert len(ours) == 6 and set(ours) == {"bf16"}, ours  # three dots, two operands each
+    assert "f32" in plain, plain
+
+
+def test_fp32_weights_are_rounded_inside_the_context_product_and_get_an_fp32_gradient():
+    """The CPU path hands the softmax's fp32 probabilities to the bf16 context product: its
+    value is the product of the rounded weights, their gradient the unrounded fp32 sum."""
+    b, length, h, d = 2, 16, 2, 8
+    weights = jax.nn.softmax(_normal(0, (b, h, length, length)))
+    v = _normal(1, (b, length, h, d), jnp.bfloat16)
+    cotangent = _normal(9, (b, length, h, d), jnp.bfloat16)
+    context, (d_weights, d_v) = _value_and_vjp(cpu_ops.attention_context, [weights, v], cotangent)
+    narrow = weights.astype(jnp.bfloat16)
+    want, (_, want_d_v) = _value_and_vjp(cpu_ops.attention_context, [narrow, v], cotangent)
+    np.testing.assert_array_equal(context.astype(jnp.float32), want.astype(jnp.float32))
+    np.testing.assert_array_equal(d_v.astype(jnp.float32), want_d_v.astype(jnp.float32))
+    assert d_weights.dtype == jnp.float32
+    wide = jnp.einsum("bqhd,bkhd->bhqk", cotangent.astype(jnp.float32), v.astype(jnp.float32))
+    np.testing.assert_allclose(d_weights, wide, rtol=1e-5, atol=1e-6)
+
+
+def _wide(tree, *path):
+    for key in path:
+        tree = tree[key]
+    return tree.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def _bf16_ulp_close(got, want):
+    """Equal up to one bf16 rounding step (summation order can move a value across one)."""
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("custom_backward", [True, False])
+def test_bf16_mlp_activation_reads_fp32_sums_on_the_cpu_path_only(custom_backward):
+    mlp = layers.MlpBlock(
+        mlp_dim=16,
+        activations=("gelu", "linear"),
+        custom_backward=custom_backward,
+        dtype=jnp.bfloat16,
+    )
+    x = _normal(0, (B, L, 8), jnp.bfloat16)
+    variables = nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), x))
+    out, state = mlp.apply(variables, x, capture_intermediates=True)
+    inner = state["intermediates"]
+    # The CPU path hands the activation the projections' fp32 sums; accelerators' path rounds.
+    want_dtype = jnp.dtype(jnp.float32 if custom_backward else jnp.bfloat16)
+    assert {inner[n]["__call__"][0].dtype for n in ("wi_0", "wi_1")} == {want_dtype}
+    if custom_backward:
+        p, x32 = variables["params"], x.astype(jnp.float32)
+        hidden = jax.nn.gelu(x32 @ _wide(p, "wi_0", "kernel")) * (x32 @ _wide(p, "wi_1", "kernel"))
+        hidden = hidden.astype(jnp.bfloat16).astype(jnp.float32)  # one rounding, after the gate
+        _bf16_ulp_close(out, hidden @ _wide(p, "wo", "kernel"))
+
+
+class _Query(nn.Module):
+    """A LoRA-targeted projection needs its module path ("query")."""
+
+    lora: LoraConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layers.DenseProjection(
+            features=1,
+            axes=("embed", "joined_kv"),
+            lora=self.lora,
+            custom_backward=True,
+            dtype=jnp.bfloat16,
+            name="query",
+        )(x)
+
+
+def test_bf16_lora_projection_adds_fp32_sums_and_rounds_once_on_the_cpu_path():
+    """x W = 257 lies between the bf16 values 256 and 258 (a tie, rounded to 256); LoRA adds
+    0.8984375 (0.9 in bf16). Rounded once, 257.898 is 258; rounding the base product first gives
+    256 + 0.898, which rounds to 256. Every value is exact, so summation order cannot matter."""
+    lora = LoraConfig(rank=1, alpha=1.0, targets=("query",))
+    x = jnp.ones((1, 1, 2), jnp.bfloat16)
+    params = {
+        "query": {
+            "kernel": jnp.array([[128.0], [129.0]]),
+            "lora_a": jnp.array([[0.5], [0.5]]),
+            "lora_b": jnp.array([[0.9]]),
+        }
+    }
+    out = _Query(lora).apply({"params": params}, x)
+    assert out.dtype == jnp.bfloat16
+    assert float(out[0, 0, 0]) == 258.0

@@ -71,11 +71,20 @@ def _dense_matmul_bwd(
 ) -> tuple[Array, Array]:
     del float32_sums  # the cotangent is rounded to the operands' dtype either way
     x, kernel = residuals
-    x2 = x.reshape(-1, x.shape[-1])
     g2 = g.reshape(-1, g.shape[-1]).astype(x.dtype)
-    d_kernel = _dot("ni,no->io", x2, g2, kernel.dtype)
+    if _narrow(x) and x.ndim >= 3:
+        d_kernel = _dot("in,no->io", _features_first(x), g2, kernel.dtype)
+    else:
+        d_kernel = _dot("ni,no->io", x.reshape(-1, x.shape[-1]), g2, kernel.dtype)
     d_x = _dot("...o,io->...i", g.astype(x.dtype), kernel, x.dtype)
     return d_x, d_kernel
+
+
+def _features_first(x: Array) -> Array:
+    """[b, l, in] -> [in, b*l], a transposed copy: the kernel gradient's product sums over the
+    tokens, which in bf16 the library takes only as [M, K] . [K, N] (`_narrow`). The reshape
+    after the transpose keeps XLA from folding the transpose back into the dot."""
+    return jnp.moveaxis(x, -1, 0).reshape(x.shape[-1], -1)
 
 
 _dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
@@ -124,7 +133,8 @@ def attention_context(weights: Array, v: Array) -> Array:
 
 
 def _narrow(x: Array) -> bool:
-    """bf16 (or fp16) operands: the products take the flat forms below.
+    """bf16 (or fp16) operands: the attention products take the flat forms below, and the
+    kernel gradient a transposed copy of the input (`_features_first`).
 
     XLA:CPU runs a bf16 dot on its library kernels only with row-major operands in the forms
     [M, K] . [K, N] or [M, K] . [N, K]; any other dot it computes in fp32 on fp32 copies (a

@@ -113,18 +113,20 @@ def _cpu_has_bf16_units() -> bool:
     jax.default_backend() != "cpu" or not _cpu_has_bf16_units(),
     reason="XLA:CPU's bf16 dots, on a CPU with bf16 units (AVX512-BF16 or AMX)",
 )
-def test_bf16_dense_matmul_and_its_input_gradient_run_bf16_dots_on_the_cpu():
-    """The LoRA step's frozen projections: forward and input gradient. (The kernel gradient's
-    dot contracts the tokens axis of both operands, which XLA:CPU still runs in fp32.)"""
-    x = _normal(0, (16, 32), jnp.bfloat16)
+def test_bf16_dense_matmul_and_both_its_gradients_run_bf16_dots_on_the_cpu():
+    """A projection's forward, input gradient (the LoRA step's frozen projections) and kernel
+    gradient (full fine-tuning), for a [batch, length, features] input as in the network."""
+    x = _normal(0, (2, 8, 32), jnp.bfloat16)
     w = _normal(1, (32, 24), jnp.bfloat16)
 
-    def input_grad(matmul):
-        return jax.grad(lambda x, w: jnp.sum(jnp.sin(matmul(x, w).astype(jnp.float32))))
+    def grads(matmul):
+        return jax.grad(
+            lambda x, w: jnp.sum(jnp.sin(matmul(x, w).astype(jnp.float32))), argnums=(0, 1)
+        )
 
-    ours = _dot_operand_dtypes(input_grad(cpu_ops.dense_matmul), x, w)
-    plain = _dot_operand_dtypes(input_grad(jnp.matmul), x, w)
-    assert len(ours) == 4 and set(ours) == {"bf16"}, ours  # two dots, two operands each
+    ours = _dot_operand_dtypes(grads(cpu_ops.dense_matmul), x, w)
+    plain = _dot_operand_dtypes(grads(jnp.matmul), x, w)
+    assert len(ours) == 6 and set(ours) == {"bf16"}, ours  # three dots, two operands each
     assert "f32" in plain, plain
 
 

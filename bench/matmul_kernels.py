@@ -12,12 +12,19 @@ bench/model_step.py --precisions bfloat16.
 
     .venv/bin/python bench/matmul_kernels.py                   # the medium config's shapes
     .venv/bin/python bench/matmul_kernels.py --repeats 5 --cpu 1
+    .venv/bin/python bench/matmul_kernels.py --forms --cpu 1   # which bf16 dot forms stay bf16
+
+`--forms` times JAX alone on one batched bf16 product (attention's shape in the medium config,
+b*h = 96) in its four operand forms, and says whether XLA:CPU kept it a bf16 dot or rewrote it to
+fp32 on converted copies: why `models.cpu_ops` writes attention's products and the kernel
+gradient in the forms it does.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -39,13 +46,58 @@ def best_seconds(run: Callable[..., object], operands: tuple, repeats: int) -> f
     return min(times)
 
 
+# out[n, m, j] = sum_k a . b with the contracted axis minor or major in each operand; the last
+# one is the kernel gradient's and attention's d_k / d_v shape (contracting 256 tokens).
+FORMS = (
+    ("NN  [M,K].[K,N]", "nmk,nkj->nmj", (96, 256, 64), (96, 64, 256)),
+    ("NT  [M,K].[N,K]", "nmk,njk->nmj", (96, 256, 64), (96, 256, 64)),
+    ("TN  [K,M].[K,N]", "nkm,nkj->nmj", (96, 64, 256), (96, 64, 256)),
+    ("TN, K = tokens", "nkm,nkj->nmj", (96, 256, 64), (96, 256, 256)),
+    ("NN, K = tokens", "nmk,nkj->nmj", (96, 64, 256), (96, 256, 256)),
+)
+_UPCAST = re.compile(r"= f32\[[0-9,]*\]\{[0-9,]*\} convert\(")
+
+
+def dot_forms(repeats: int) -> None:
+    """JAX alone: each form's time and whether XLA:CPU kept the bf16 dot (no fp32 copies)."""
+    import jax
+    import jax.numpy as jnp
+
+    print("| form | einsum | ms | GFLOP/s | kept bf16 |")
+    print("|---|---|---:|---:|---|")
+    rng = np.random.default_rng(0)
+    for label, spec, lhs_shape, rhs_shape in FORMS:
+        lhs, rhs = (
+            jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (lhs_shape, rhs_shape)
+        )
+        product = jax.jit(
+            lambda a, b, spec=spec: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+        )
+        upcast = bool(_UPCAST.search(product.lower(lhs, rhs).compile().as_text()))
+        out = product(lhs, rhs)
+        contracted = lhs.size // (out.shape[0] * out.shape[1])
+        seconds = best_seconds(
+            lambda a, b, f=product: jax.block_until_ready(f(a, b)), (lhs, rhs), repeats
+        )
+        gflop = 2 * out.size * contracted / 1e9
+        print(
+            f"| {label} | `{spec}` | {1e3 * seconds:.2f} | {gflop / seconds:.0f} | "
+            f"{'no: fp32 copies' if upcast else 'yes'} |",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cpu", type=int, default=0, help="the one CPU both libraries run on")
+    parser.add_argument("--forms", action="store_true", help="bf16 dot forms, JAX alone")
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.cpu})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.forms:
+        dot_forms(args.repeats)
+        return 0
     import jax
     import jax.numpy as jnp
     import torch

@@ -15,7 +15,7 @@ bench/model_step.py --precisions bfloat16.
     .venv/bin/python bench/matmul_kernels.py --forms --cpu 1   # which bf16 dot forms stay bf16
 
 `--forms` times JAX alone on one batched bf16 product (attention's shape in the medium config,
-b*h = 96) in its four operand forms, and says whether XLA:CPU kept it a bf16 dot or rewrote it to
+b*h = 96) in each operand form (`FORMS`), and says whether XLA:CPU kept it a bf16 dot or rewrote it to
 fp32 on converted copies: why `models.cpu_ops` writes attention's products and the kernel
 gradient in the forms it does.
 """

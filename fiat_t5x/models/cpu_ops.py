@@ -129,7 +129,9 @@ def attention_context(weights: Array, v: Array) -> Array:
     dtype here, and their gradient leaves the product in their own dtype: the softmax's
     backward then reads the fp32 sums, not a bf16 rounding of them.
     """
-    return (_context_flat if _narrow(v) else _context_head_major)(weights, v)
+    if _narrow(v):
+        return _context_flat(weights, v, jnp.dtype(weights.dtype))
+    return _context_head_major(weights, v)
 
 
 def _narrow(x: Array) -> bool:
@@ -243,26 +245,30 @@ def _scores_flat_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, A
 _scores_flat.defvjp(_scores_flat_fwd, _scores_flat_bwd)
 
 
-@jax.custom_vjp
-def _context_flat(weights: Array, v: Array) -> Array:
-    return _context_flat_fwd(weights, v)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _context_flat(weights: Array, v: Array, weights_dtype: jnp.dtype) -> Array:
+    return _context_flat_fwd(weights, v, weights_dtype)[0]
 
 
-def _context_flat_fwd(weights: Array, v: Array) -> tuple[Array, tuple[Array, Array, Array]]:
+def _context_flat_fwd(
+    weights: Array, v: Array, weights_dtype: jnp.dtype
+) -> tuple[Array, tuple[Array, Array]]:
+    del weights_dtype  # the backward's: its weights residual is already rounded to v's dtype
     b, h, length_q, length_k = weights.shape
     narrow = weights.reshape(b * h, length_q, length_k).astype(v.dtype)
     v_rows = _rows(v)
     context = _from_rows(_dot("nqk,nkd->nqd", narrow, v_rows, v.dtype), b)
-    # A custom_vjp residual must be an array: an empty one carries the weights' dtype.
-    return context, (narrow, v_rows, jnp.zeros((0,), weights.dtype))
+    return context, (narrow, v_rows)
 
 
-def _context_flat_bwd(residuals: tuple[Array, Array, Array], g: Array) -> tuple[Array, Array]:
-    weights, v_rows, dtype_carrier = residuals
+def _context_flat_bwd(
+    weights_dtype: jnp.dtype, residuals: tuple[Array, Array], g: Array
+) -> tuple[Array, Array]:
+    weights, v_rows = residuals
     b = g.shape[0]
     n, length_q, length_k = weights.shape
     g = g.astype(v_rows.dtype)
-    d_weights = _dot("nqd,nkd->nqk", _rows(g), v_rows, dtype_carrier.dtype)
+    d_weights = _dot("nqd,nkd->nqk", _rows(g), v_rows, weights_dtype)
     d_v = _dot("ndq,nqk->ndk", _columns(g), weights)
     return d_weights.reshape(b, n // b, length_q, length_k), _from_columns(d_v, b)
 

@@ -1,5 +1,6 @@
 """`python -m fiat_t5x.train` end to end: config errors, config.gin, the same losses on
-1 device / a 4x2 mesh (fp32 and bf16) / 2 processes, exact resume after SIGKILL, SIGTERM saves and exits."""
+1 device / a 4x2 mesh (fp32 and bf16) / 2 processes, exact resume after SIGKILL, SIGTERM saves
+and exits."""
 
 import json
 import logging

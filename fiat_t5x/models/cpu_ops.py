@@ -145,7 +145,7 @@ def _narrow(x: Array) -> bool:
     every attention product ran in fp32. The flat forms batch over b*h: the reshape makes the
     transposes real copies, and those two products take a transposed copy ([d, l]) of one
     operand. In fp32 the library takes the head-major forms at full rate and the extra
-    copies cost more than they save (bench/RESULTS.md, "bf16 elementwise work and attention").
+    copies cost more than they save (bench/RESULTS.md, "Fifth pass").
     """
     return jnp.dtype(x.dtype).itemsize < 4
 

@@ -163,7 +163,7 @@ class Report:
     n_trainable: int
     n_frozen: int
     frozen_dtype: str
-    frozen_f32_bytes: int
+    frozen_f32_bytes: int  # frozen kernels and embedding still in fp32 (what bf16 would halve)
     knobs: dict[str, Any]
     step: MemoryUse
     startup: dict[str, MemoryUse]
@@ -371,7 +371,7 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
     import gin
     from fiat_t5x.train import make_trainer
     from fiat_t5x.training import gin_cli, initial_params
-    from fiat_t5x.training.optimizers import flatten_params
+    from fiat_t5x.training.optimizers import flatten_params, held_in_compute_dtype
 
     if jax.device_count() != target.devices:
         raise RuntimeError(
@@ -432,7 +432,11 @@ def analyze(gin_argv: Sequence[str], target: Target) -> Report:
         n_trainable=sum(math.prod(shapes[k].shape) for k in plan.trainable),
         n_frozen=sum(math.prod(shapes[k].shape) for k in frozen),
         frozen_dtype=str(trainer.selector.frozen_dtype or config.param_dtype),
-        frozen_f32_bytes=sum(a.per_device_bytes for a in frozen.values() if a.dtype == "float32"),
+        frozen_f32_bytes=sum(
+            a.per_device_bytes
+            for k, a in frozen.items()
+            if a.dtype == "float32" and held_in_compute_dtype(k)
+        ),
         knobs={
             **{k: getattr(config, k) for k in _KNOBS if hasattr(config, k)},
             "activation_length": dict(partitioner.logical_axis_rules).get("activation_length"),

@@ -109,6 +109,12 @@ class EncoderDecoderModel:
         self._score = jax.jit(self._score_impl)
 
     # ----------------------------------------------------------------- parameters
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the network computes in (`T5Config.dtype`, resolved by backend): the
+        Trainer holds frozen kernels in it (`optimizers.TrainableSelector.frozen_dtype`)."""
+        return self.config.dtype
+
     def _init_variables(self, rng: Array, encoder_length: int, decoder_length: int) -> Any:
         batch = _dummy_batch(encoder_length, decoder_length)
         return self.module.init({"params": rng}, **_network_inputs(batch), deterministic=True)[

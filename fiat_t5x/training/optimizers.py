@@ -134,8 +134,13 @@ class TrainableSelector:
 
     The default (`patterns=None`) trains only the LoRA factors
     (`fiat_t5x.models.lora.is_lora_path`); `patterns=('.*',)` is full fine-tuning.
-    `frozen_dtype='bfloat16'` stores frozen weights in bf16 (the network casts them back
-    to its compute dtype); trainable weights always stay fp32.
+
+    `frozen_dtype` is the dtype the frozen matmul weights are held in (`held_in_compute_dtype`:
+    the kernels and the token embedding, which the network casts to its compute dtype before
+    every use; norm scales and the position-bias table keep theirs). None, the default, lets
+    the Trainer pick the model's compute dtype (`resolved_for`): a bf16 run then holds its
+    frozen base in bf16 once instead of rounding it in every step, which halves its memory and
+    changes no value. 'float32' keeps it in fp32. Trainable weights always keep their dtype.
     """
 
     def __init__(
@@ -143,7 +148,13 @@ class TrainableSelector:
     ) -> None:
         self.patterns = None if patterns is None else tuple(patterns)
         self._compiled = [re.compile(p) for p in self.patterns or ()]
-        self.frozen_dtype = frozen_dtype
+        self.frozen_dtype = None if frozen_dtype is None else str(jnp.dtype(frozen_dtype))
+
+    def resolved_for(self, compute_dtype: Any) -> TrainableSelector:
+        """This selector with a `frozen_dtype` of None set to `compute_dtype` (None: unchanged)."""
+        if self.frozen_dtype is not None or compute_dtype is None:
+            return self
+        return TrainableSelector(self.patterns, frozen_dtype=compute_dtype)
 
     def is_trainable(self, path: str) -> bool:
         if self.patterns is None:
@@ -164,23 +175,38 @@ class TrainableSelector:
                 f"paths: {sorted(flatten_params(params))[:4]}. For LoRA, make sure the model "
                 "has a LoraConfig (gin/peft/lora.gin); for full fine-tuning use patterns=('.*',)."
             )
-        if self.frozen_dtype is not None:
-            frozen = {k: self._as_frozen(v) for k, v in frozen.items()}
+        frozen = {k: self._as_stored(k, v) for k, v in frozen.items()}
         return unflatten_params(trainable), unflatten_params(frozen)
 
     def stored_dtype(self, path: str, dtype: Any) -> Any:
         """The dtype in which the parameter at `path` (created in `dtype`) is kept."""
-        if self.frozen_dtype is None or self.is_trainable(path):
+        if (
+            self.frozen_dtype is None
+            or self.is_trainable(path)
+            or not held_in_compute_dtype(path)
+            or not jnp.issubdtype(dtype, jnp.floating)
+        ):
             return dtype
-        return jnp.dtype(self.frozen_dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype
+        return jnp.dtype(self.frozen_dtype)
 
-    def _as_frozen(self, leaf: Any) -> Any:
-        dtype = jnp.dtype(self.frozen_dtype)
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+    def _as_stored(self, path: str, leaf: Any) -> Any:
+        dtype = self.stored_dtype(path, leaf.dtype)
+        if dtype == leaf.dtype:
             return leaf
         if isinstance(leaf, jax.ShapeDtypeStruct):  # abstract shapes (start-up, preflight)
             return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
         return leaf.astype(dtype)
+
+
+# T5X's names for the weights the network reads only through a cast to its compute dtype
+# (`layers.DenseProjection`, `layers.Embed`): holding them frozen in that dtype changes no value.
+_COMPUTE_DTYPE_WEIGHTS = frozenset({"kernel", "embedding"})
+
+
+def held_in_compute_dtype(path: str) -> bool:
+    """Whether `frozen_dtype` applies to the weight at `path` (a projection kernel or the token
+    embedding; not norm scales or the position-bias table, which are read in fp32)."""
+    return path.rsplit("/", 1)[-1] in _COMPUTE_DTYPE_WEIGHTS
 
 
 def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> Params:

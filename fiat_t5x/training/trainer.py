@@ -47,7 +47,8 @@ class Trainer:
     """Owns the compiled train/eval steps for one model, optimizer and mesh.
 
     `model` follows the model contract (`loss(params, batch, dropout_rng=...)` returning the
-    scalar loss and a metrics dict with `weight_sum`; `logical_axes()`).
+    scalar loss and a metrics dict with `weight_sum`; `logical_axes()`; optionally
+    `compute_dtype`, in which the selector then holds the frozen kernels).
     """
 
     def __init__(
@@ -64,7 +65,10 @@ class Trainer:
         self.partitioner = partitioner
         self.optimizer = optimizer
         self.learning_rate = learning_rate
-        self.selector = selector or TrainableSelector()
+        # Frozen kernels held in the network's compute dtype unless the selector says otherwise.
+        self.selector = (selector or TrainableSelector()).resolved_for(
+            getattr(model, "compute_dtype", None)
+        )
         self.num_microbatches = int(num_microbatches)
         if self.num_microbatches < 1:
             raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")

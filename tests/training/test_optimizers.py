@@ -63,11 +63,39 @@ def test_full_fine_tuning_trains_everything():
 
 
 def test_regex_selector_and_bf16_frozen_weights():
+    params = {
+        **PARAMS,
+        "encoder_norm": {"scale": np.ones(4)},
+        "relpos_bias": {"rel_embedding": np.ones((2, 32))},
+    }
     selector = optimizers.TrainableSelector(patterns=[r".*/mlp/.*"], frozen_dtype="bfloat16")
-    trainable, frozen = selector.split(PARAMS)
+    trainable, frozen = selector.split(params)
     assert list(optimizers.flatten_params(trainable)) == ["encoder/layers_0/mlp/wo/kernel"]
     assert trainable["encoder"]["layers_0"]["mlp"]["wo"]["kernel"].dtype == np.float64
-    assert str(frozen["token_embedder"]["embedding"].dtype) == "bfloat16"
+    dtypes = {k: str(v.dtype) for k, v in optimizers.flatten_params(frozen).items()}
+    # The weights the network casts before use are held in bf16; what it reads in fp32 is not.
+    assert dtypes == {
+        "encoder/layers_0/attention/query/kernel": "bfloat16",
+        "encoder/layers_0/attention/query/lora_a": "float64",  # frozen here, but not a kernel
+        "encoder/layers_0/attention/query/lora_b": "float64",
+        "token_embedder/embedding": "bfloat16",
+        "encoder_norm/scale": "float64",
+        "relpos_bias/rel_embedding": "float64",
+    }
+
+
+def test_frozen_dtype_defaults_to_the_compute_dtype_and_an_explicit_one_wins():
+    default = optimizers.TrainableSelector()
+    assert default.frozen_dtype is None
+    assert default.stored_dtype("decoder/layers_0/mlp/wo/kernel", np.float32) == np.float32
+    assert default.resolved_for(None) is default
+    resolved = default.resolved_for("bfloat16")
+    assert resolved.frozen_dtype == "bfloat16" and resolved.patterns == default.patterns
+    assert resolved.stored_dtype("decoder/layers_0/mlp/wo/kernel", np.float32) == "bfloat16"
+    assert resolved.stored_dtype("decoder/decoder_norm/scale", np.float32) == np.float32
+    assert resolved.stored_dtype("decoder/layers_0/mlp/wo/lora_a", np.float32) == np.float32
+    explicit = optimizers.TrainableSelector(frozen_dtype="float32")
+    assert explicit.resolved_for("bfloat16").frozen_dtype == "float32"
 
 
 def test_selector_that_matches_nothing_says_so():

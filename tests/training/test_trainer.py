@@ -1,5 +1,7 @@
 """The train step: LoRA-only updates over a real T5X base, sharding invariance, microbatching."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,8 @@ import pytest
 
 from fiat_t5x.models import presets
 from fiat_t5x.models.checkpoints import load_t5x_params
+from fiat_t5x.models.lora import LoraConfig
+from fiat_t5x.models.model import EncoderDecoderModel
 from fiat_t5x.training import optimizers, partitioning
 from fiat_t5x.training.initial_params import initial_params
 from fiat_t5x.training.trainer import Trainer
@@ -89,10 +93,14 @@ def test_frozen_weights_held_in_bf16_train_and_stay_bf16_and_unchanged(fixture_c
     base = optimizers.flatten_params(load_t5x_params(fixture_checkpoint))
     flat_frozen = optimizers.flatten_params(jax.device_get(frozen))
     assert flat_frozen and set(flat_frozen) == set(base)
+    held = {p for p in flat_frozen if optimizers.held_in_compute_dtype(p)}
+    assert {p.rsplit("/", 1)[-1] for p in held} == {"kernel", "embedding"}
     for path, value in flat_frozen.items():
-        assert value.dtype == jnp.bfloat16, path
-        expected = np.asarray(base[path]).astype(jnp.bfloat16)
-        assert value.tobytes() == expected.tobytes(), path  # the bf16 copy of the base, untouched
+        # Kernels and the embedding as the bf16 copy of the base, untouched; norm scales and
+        # the position-bias table, read in fp32, as they are.
+        dtype = jnp.bfloat16 if path in held else np.float32
+        assert value.dtype == dtype, path
+        assert value.tobytes() == np.asarray(base[path]).astype(dtype).tobytes(), path
     trained = optimizers.flatten_params(jax.device_get(state.params))
     assert all(v.dtype == np.float32 for v in trained.values())
     assert set(trained) == set(initial_lora)
@@ -101,11 +109,38 @@ def test_frozen_weights_held_in_bf16_train_and_stay_bf16_and_unchanged(fixture_c
     )
     # Step 0 computes with the bf16-rounded base (lora_b = 0), i.e. the fp32 model's loss on
     # weights rounded to bf16; and training lowers it.
-    rounded = {p: np.asarray(v).astype(jnp.bfloat16).astype(np.float32) for p, v in base.items()}
+    rounded = {
+        p: np.asarray(v).astype(jnp.bfloat16 if p in held else np.float32).astype(np.float32)
+        for p, v in base.items()
+    }
     rounded.update(initial_lora)
     loss, _ = jax.jit(model.loss)(optimizers.unflatten_params(rounded), make_batch())
     assert losses[0] == pytest.approx(float(loss), rel=1e-5)
     assert losses[-1] < losses[0]
+
+
+def test_a_bf16_run_holds_its_frozen_kernels_in_bf16_and_computes_the_same(fixture_checkpoint):
+    """The default selector holds the frozen kernels in the compute dtype: a bf16 run rounds its
+    base once at start-up instead of in every step, and every value is what it was with the
+    base in fp32 (the network rounds those weights to bf16 before any use)."""
+    config = dataclasses.replace(presets.tiny(), dtype="bfloat16")
+    model = EncoderDecoderModel(config, LoraConfig())
+    runs = {}
+    fp32_base = optimizers.TrainableSelector(frozen_dtype="float32")
+    for name, selector in (("default", None), ("fp32 base", fp32_base)):
+        trainer = _trainer(model, devices=jax.devices()[:1], selector=selector)
+        state, frozen = trainer.initial_state(fixture_checkpoint, seed=0)
+        state, losses = _steps(trainer, state, frozen, make_batch(), 2)
+        runs[name] = (frozen, jax.device_get(state.params), losses)
+    frozen = optimizers.flatten_params(runs["default"][0])
+    fp32 = optimizers.flatten_params(runs["fp32 base"][0])
+    assert frozen["decoder/layers_0/mlp/wo/kernel"].dtype == jnp.bfloat16
+    assert frozen["token_embedder/embedding"].dtype == jnp.bfloat16
+    assert frozen["decoder/decoder_norm/scale"].dtype == np.float32
+    assert fp32["decoder/layers_0/mlp/wo/kernel"].dtype == np.float32
+    assert sum(v.nbytes for v in frozen.values()) < 0.51 * sum(v.nbytes for v in fp32.values())
+    assert runs["default"][2] == runs["fp32 base"][2]  # the losses, to the last bit
+    assert tree_equal(runs["default"][1], runs["fp32 base"][1])  # the trained LoRA factors
 
 
 def test_gradients_match_autodiff_of_the_full_tree():

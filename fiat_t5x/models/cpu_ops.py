@@ -72,12 +72,25 @@ def _dense_matmul_bwd(
     del float32_sums  # the cotangent is rounded to the operands' dtype either way
     x, kernel = residuals
     g2 = g.reshape(-1, g.shape[-1]).astype(x.dtype)
-    if _narrow(x) and x.ndim >= 3:
-        d_kernel = _dot("in,no->io", _features_first(x), g2, kernel.dtype)
+    x2 = x.reshape(-1, x.shape[-1])
+    if not (_narrow(x) and x.ndim >= 3):
+        d_kernel = _dot("ni,no->io", x2, g2, kernel.dtype)
+    elif _cheaper_to_transpose_the_cotangent(*x2.shape, g2.shape[-1]):
+        # A narrow kernel (LoRA's A: out = rank): transpose the small cotangent instead.
+        d_kernel_t = _pinned(_dot("on,ni->oi", _features_first(g.astype(x.dtype)), x2))
+        d_kernel = d_kernel_t.T.astype(kernel.dtype)
     else:
-        d_kernel = _dot("ni,no->io", x.reshape(-1, x.shape[-1]), g2, kernel.dtype)
+        d_kernel = _dot("in,no->io", _features_first(x), g2, kernel.dtype)
     d_x = _dot("...o,io->...i", g.astype(x.dtype), kernel, x.dtype)
     return d_x, d_kernel
+
+
+def _cheaper_to_transpose_the_cotangent(tokens: int, features_in: int, features_out: int) -> bool:
+    """Whether the bf16 kernel gradient should take a transposed copy of the cotangent
+    ([out, n], then the [out, in] result transposed: fp32, twice the elements' bytes) rather
+    than of the input ([in, n]): for LoRA's A factor (out = rank 8) the input's copy is ~100
+    times bigger; for the model's own kernels it is the input's."""
+    return tokens * features_out + 2 * features_in * features_out < tokens * features_in
 
 
 def _features_first(x: Array) -> Array:

@@ -41,6 +41,8 @@ def _value_and_vjp(fn, args, cotangent):
 
 CASES = {
     "dense_matmul": (cpu_ops.dense_matmul, jnp.matmul, ((B, L, 6), (6, 4))),
+    # A LoRA A factor's shape: the bf16 kernel gradient transposes the cotangent, not x.
+    "dense_matmul_narrow_kernel": (cpu_ops.dense_matmul, jnp.matmul, ((B, L, 16), (16, 2))),
     "attention_scores": (cpu_ops.attention_scores, _plain_scores, ((B, L, H, D), (B, K, H, D))),
     "attention_context": (
         cpu_ops.attention_context,
@@ -113,11 +115,13 @@ def _cpu_has_bf16_units() -> bool:
     jax.default_backend() != "cpu" or not _cpu_has_bf16_units(),
     reason="XLA:CPU's bf16 dots, on a CPU with bf16 units (AVX512-BF16 or AMX)",
 )
-def test_bf16_dense_matmul_and_both_its_gradients_run_bf16_dots_on_the_cpu():
+@pytest.mark.parametrize("features_out", [24, 8])
+def test_bf16_dense_matmul_and_both_its_gradients_run_bf16_dots_on_the_cpu(features_out):
     """A projection's forward, input gradient (the LoRA step's frozen projections) and kernel
-    gradient (full fine-tuning), for a [batch, length, features] input as in the network."""
-    x = _normal(0, (2, 8, 32), jnp.bfloat16)
-    w = _normal(1, (32, 24), jnp.bfloat16)
+    gradient (full fine-tuning; for LoRA's A factor, 8 outputs, formed from the transposed
+    cotangent), for a [batch, length, features] input as in the network."""
+    x = _normal(0, (4, 16, 32), jnp.bfloat16)
+    w = _normal(1, (32, features_out), jnp.bfloat16)
 
     def grads(matmul):
         return jax.grad(

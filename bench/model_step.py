@@ -19,6 +19,8 @@ windows' steps/s per side, the ratio of the medians and the median of the per-pa
     .venv/bin/python bench/model_step.py --configs small,medium --windows 5 --compare-untuned
     .venv/bin/python bench/model_step.py --configs small,medium --compare-plain-attention
     .venv/bin/python bench/model_step.py --configs medium --precisions float32,bfloat16
+    .venv/bin/python bench/model_step.py --configs medium --variants lora --precisions bfloat16 \
+        --compare-torch-low-precision-base
     .venv/bin/python bench/model_step.py --configs medium --compare-checkout ../before --skip-torch
     .venv/bin/python bench/model_step.py --configs tiny --windows 3 --skip-torch
 """
@@ -144,11 +146,19 @@ class TorchStep:
 
     `autocast_dtype` (e.g. torch.bfloat16) runs the forward pass under torch.autocast with fp32
     weights, the mixed precision that our bf16 activations with fp32 trainable parameters
-    correspond to.
+    correspond to. `low_precision_base` also holds the frozen Linear and Embedding weights in
+    that dtype (what a PEFT user who loads the base in bf16 runs), so autocast has nothing of
+    theirs to round in each forward pass: the peer of our frozen kernels held in bf16.
     """
 
     def __init__(
-        self, bench: BenchConfig, lora: bool, *, device: str = "cpu", autocast_dtype=None
+        self,
+        bench: BenchConfig,
+        lora: bool,
+        *,
+        device: str = "cpu",
+        autocast_dtype=None,
+        low_precision_base: bool = False,
     ) -> None:
         import torch
         import transformers
@@ -172,6 +182,8 @@ class TorchStep:
                     lora_dropout=0.0,
                 ),
             )
+        if low_precision_base:
+            _hold_frozen_weights_in(model, autocast_dtype)
         self.model = model.to(device).train()
         self.device = device
         self.autocast_dtype = autocast_dtype
@@ -222,6 +234,21 @@ class TorchStep:
         return float(self.last_loss)
 
 
+TORCH_LOW_PRECISION_BASE = "torch-low-precision-base"
+
+
+def _hold_frozen_weights_in(model: Any, dtype: Any) -> None:
+    """Frozen `nn.Linear` / `nn.Embedding` weights in `dtype` (norm weights and trainable ones
+    unchanged): the rule of `optimizers.held_in_compute_dtype` on the PyTorch side."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
+            weight = module.weight
+            if not weight.requires_grad:
+                weight.data = weight.data.to(dtype)
+
+
 # ----------------------------------------------------------------------------- worker processes
 
 
@@ -260,7 +287,12 @@ def _worker(spec: dict) -> None:
 
         torch.set_num_threads(threads)
         autocast = None if spec["precision"] == "float32" else getattr(torch, spec["precision"])
-        runner: Any = TorchStep(bench, spec["lora"], autocast_dtype=autocast)
+        runner: Any = TorchStep(
+            bench,
+            spec["lora"],
+            autocast_dtype=autocast,
+            low_precision_base=spec.get("low_precision_base", False),
+        )
         info["settings"] = torch_settings()
     else:
         if spec["impl"] == "ours-untuned":
@@ -427,6 +459,12 @@ def main() -> int:
         help="also time our step as another checkout's fiat_t5x has it (a path, e.g. a "
         "`git worktree` of an earlier commit): an A/B of a code change in one run",
     )
+    parser.add_argument(
+        "--compare-torch-low-precision-base",
+        action="store_true",
+        help="also time PyTorch with its frozen Linear/Embedding weights held in the autocast "
+        "dtype (bf16 rows only: the peer of our frozen kernels held in bf16)",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -446,6 +484,8 @@ def main() -> int:
         label, _, flags = entry.partition("=")
         impls.append((f"ours[{label}]", "ours", flags))
     impls += [] if args.skip_torch else [("torch", "torch", "")]
+    if args.compare_torch_low_precision_base:
+        impls.append((TORCH_LOW_PRECISION_BASE, "torch", ""))
     started = {"loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"machine: {_cpu_model()}, {len(available)} CPUs; load average {started['loadavg']}")
     results = []
@@ -465,6 +505,7 @@ def main() -> int:
                         "impl": impl,
                         "xla_flags": flags,
                         "checkout": args.compare_checkout if label == "ours@checkout" else None,
+                        "low_precision_base": label == TORCH_LOW_PRECISION_BASE,
                         "config": name,
                         "lora": variant == "lora",
                         "precision": precision,
@@ -513,8 +554,9 @@ def summarise(results: list[dict]) -> str:
                 cpu = statistics.median(r["cpu_rates"][label])
                 cpu_ratio = f"{cpu / statistics.median(peer_cpu):.2f}"
             name = label
-            if label == "torch":
+            if label in ("torch", TORCH_LOW_PRECISION_BASE):
                 name = "transformers" + ("+PEFT" if r["variant"] == "lora" else "")
+                name += ", frozen weights in bf16" if label != "torch" else ""
             lines.append(
                 f"| {r['config']} | {r['variant']} | {r.get('precision', 'float32')} | "
                 f"{r['threads']} | {name} | {median:.3f} | "

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fiat_t5x.errors import UsageError
 from fiat_t5x.models.lora import is_lora_path
 
 Params = dict[str, Any]
@@ -148,7 +149,7 @@ class TrainableSelector:
     ) -> None:
         self.patterns = None if patterns is None else tuple(patterns)
         self._compiled = [re.compile(p) for p in self.patterns or ()]
-        self.frozen_dtype = None if frozen_dtype is None else str(jnp.dtype(frozen_dtype))
+        self.frozen_dtype = None if frozen_dtype is None else _dtype_name(frozen_dtype)
 
     def resolved_for(self, compute_dtype: Any) -> TrainableSelector:
         """This selector with a `frozen_dtype` of None set to `compute_dtype` (None: unchanged)."""
@@ -196,6 +197,16 @@ class TrainableSelector:
         if isinstance(leaf, jax.ShapeDtypeStruct):  # abstract shapes (start-up, preflight)
             return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
         return leaf.astype(dtype)
+
+
+def _dtype_name(dtype: Any) -> str:
+    try:
+        return str(jnp.dtype(dtype))
+    except TypeError:
+        raise UsageError(
+            f"TrainableSelector.frozen_dtype={dtype!r} is not a dtype: use 'bfloat16', "
+            "'float32', or None (the model's compute dtype)"
+        ) from None
 
 
 # T5X's names for the weights the network reads only through a cast to its compute dtype

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fiat_t5x.errors import UsageError
 from fiat_t5x.training import optimizers
 
 
@@ -96,6 +97,11 @@ def test_frozen_dtype_defaults_to_the_compute_dtype_and_an_explicit_one_wins():
     assert resolved.stored_dtype("decoder/layers_0/mlp/wo/lora_a", np.float32) == np.float32
     explicit = optimizers.TrainableSelector(frozen_dtype="float32")
     assert explicit.resolved_for("bfloat16").frozen_dtype == "float32"
+
+
+def test_a_frozen_dtype_that_is_no_dtype_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"frozen_dtype='bf16' is not a dtype: use 'bfloat16'"):
+        optimizers.TrainableSelector(frozen_dtype="bf16")
 
 
 def test_selector_that_matches_nothing_says_so():

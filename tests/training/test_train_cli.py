@@ -49,6 +49,15 @@ def test_unknown_task_fails_at_start_with_its_name(tmp_path, capsys):
     assert not (tmp_path / "checkpoint_1").exists()
 
 
+def test_a_frozen_dtype_that_is_no_dtype_fails_at_start_with_the_fix(tmp_path, capsys):
+    args = cli_args(str(tmp_path), "--gin.optimizers.TrainableSelector.frozen_dtype='bf16'")
+    assert train_script.main(args) == 2
+    err = capsys.readouterr().err
+    assert "frozen_dtype='bf16' is not a dtype: use 'bfloat16'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "checkpoint_1").exists()
+
+
 def test_unknown_flag_and_missing_gin_file(capsys):
     assert train_script.main(["--gin_file=nope.gin"]) == 2
     assert "not found" in capsys.readouterr().err

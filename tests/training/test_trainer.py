@@ -1,7 +1,5 @@
 """The train step: LoRA-only updates over a real T5X base, sharding invariance, microbatching."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,8 +121,7 @@ def test_a_bf16_run_holds_its_frozen_kernels_in_bf16_and_computes_the_same(fixtu
     """The default selector holds the frozen kernels in the compute dtype: a bf16 run rounds its
     base once at start-up instead of in every step, and every value is what it was with the
     base in fp32 (the network rounds those weights to bf16 before any use)."""
-    config = dataclasses.replace(presets.tiny(), dtype="bfloat16")
-    model = EncoderDecoderModel(config, LoraConfig())
+    model = EncoderDecoderModel(presets.tiny(dtype="bfloat16"), LoraConfig())
     runs = {}
     fp32_base = optimizers.TrainableSelector(frozen_dtype="float32")
     for name, selector in (("default", None), ("fp32 base", fp32_base)):

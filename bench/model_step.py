@@ -4,8 +4,9 @@ One step = forward + backward + Adafactor update on a random full-length batch (
 packing), in fp32 or in mixed bf16 (`--precisions`: our bf16 activations with fp32 trainable
 parameters, the frozen kernels held in bf16 as a bf16 run holds them, against PyTorch's CPU
 autocast to bf16 with fp32 weights, which it rounds to bf16 in every forward pass). "ours" is
-`fiat_t5x.training.trainer.Trainer.train_step`, the step `train.py` runs (jitted, donated state, gradients only of the trainable parameters: the LoRA factors, or
-all), with T5X's Adafactor; the peer is transformers' T5 (+ PEFT LoRA r=8, alpha=8 on q and v)
+`fiat_t5x.training.trainer.Trainer.train_step`, the step `train.py` runs (jitted, donated
+state, gradients only of the trainable parameters: the LoRA factors, or all), with T5X's
+Adafactor; the peer is transformers' T5 (+ PEFT LoRA r=8, alpha=8 on q and v)
 with transformers' Adafactor in the same settings (factored second moments, decay 0.8, update
 clipping 1.0, relative scale by the parameter RMS, lr 1e-3).
 

@@ -254,6 +254,22 @@ def _sub_projection(
     )
 
 
+def attention_addend(mask: Array | None, bias: Array | None, dtype: Any) -> Array | None:
+    """What attention adds to its logits: the position bias plus the mask as 0 / MASK_VALUE,
+    summed first, as T5X combines them; None when there is neither.
+
+    One addend, rather than a `where` over the biased logits, is what XLA:CPU folds into the
+    softmax's library fusion (a select with a broadcast mask is not), saving a pass over the
+    [b, h, q, k] logits per layer. Masked logits equal MASK_VALUE to fp32 rounding (its ulp is
+    1024), so the probabilities do not change, fully masked rows (padded queries) included.
+    """
+    addend = None if mask is None else jnp.where(mask, 0.0, MASK_VALUE).astype(dtype)
+    if bias is None:
+        return addend
+    bias = bias.astype(dtype)
+    return bias if addend is None else bias + addend
+
+
 class MultiHeadAttention(nn.Module):
     """T5 attention (q, k, v, out projections; no 1/sqrt(d) scaling) with an optional KV cache.
 
@@ -392,19 +408,18 @@ class MultiHeadAttention(nn.Module):
             logits = attention_scores(q, k)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-        if bias is not None:
-            logits = logits + bias.astype(logits.dtype)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.asarray(MASK_VALUE, logits.dtype))
+        addend = attention_addend(mask, bias, logits.dtype)
+        if addend is not None:
+            logits = logits + addend
         logits = checkpoint_name(logits, ATTENTION_LOGITS)
         logits = act.constrain(logits, (act.BATCH, act.HEADS, act.LENGTH, None))
         softmax = softmax_fused_backward if self.custom_backward else jax.nn.softmax
         weights = softmax(logits.astype(jnp.float32))
-        if not cpu_path:
-            weights = weights.astype(self.dtype)
-        weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
-        if cpu_path:  # rounds the fp32 weights to v's dtype itself, after the dropout
+        dropout = nn.Dropout(rate=self.dropout_rate)
+        if cpu_path:  # dropout on the fp32 weights; the product rounds them to v's dtype itself
+            weights = dropout(weights, deterministic=deterministic)
             return attention_context(weights, v.astype(self.dtype))
+        weights = dropout(weights.astype(self.dtype), deterministic=deterministic)
         return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))
 
 

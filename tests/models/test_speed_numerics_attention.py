@@ -37,6 +37,29 @@ def test_fused_backward_softmax_equals_jax_softmax_with_masked_rows():
     assert float(jnp.abs(ours_vjp(cotangent)[0][0, 0, 1, 4:]).max()) == 0.0
 
 
+def test_mask_as_an_addend_gives_the_probabilities_a_select_gives():
+    """T5X's form (position bias plus 0 / MASK_VALUE, summed first, then added) against masking
+    the biased logits with a select: the same fp32 probabilities, bit for bit, with a partly and
+    a fully masked row (a padded query), and the bias alone or the mask alone."""
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(0.0, 4.0, (2, 3, 5, 7)), jnp.float32)
+    bias = jnp.asarray(rng.normal(0.0, 2.0, (1, 3, 5, 7)), jnp.float32)
+    mask = np.ones((2, 1, 5, 7), bool)
+    mask[0, 0, 1, 4:] = False
+    mask[1, 0, 3, :] = False
+    mask = jnp.asarray(mask)
+    selected = jnp.where(mask, logits + bias, layers.MASK_VALUE)
+    added = logits + layers.attention_addend(mask, bias, jnp.float32)
+    np.testing.assert_array_equal(jax.nn.softmax(added), jax.nn.softmax(selected))
+    np.testing.assert_allclose(jax.nn.softmax(added)[1, :, 3], 1 / 7, rtol=1e-6)  # uniform
+    no_bias = logits + layers.attention_addend(mask, None, jnp.float32)
+    np.testing.assert_array_equal(
+        jax.nn.softmax(no_bias), jax.nn.softmax(jnp.where(mask, logits, layers.MASK_VALUE))
+    )
+    np.testing.assert_array_equal(layers.attention_addend(None, bias, jnp.float32), bias)
+    assert layers.attention_addend(None, None, jnp.float32) is None
+
+
 def _packed_batch(rng: np.random.Generator) -> dict[str, jnp.ndarray]:
     """Two rows, each two examples packed (segments 1, 2, then padding), positions restarting."""
     batch = {

@@ -514,6 +514,8 @@ def main() -> int:
                         "warmup": args.warmup,
                     }
                     for label, impl, flags in impls
+                    # In fp32 PyTorch's frozen weights are fp32 already: no second peer.
+                    if not (label == TORCH_LOW_PRECISION_BASE and precision == "float32")
                 ]
                 run = interleaved(specs, args.windows, steps, lambda s: print(s, flush=True))
                 results.append(

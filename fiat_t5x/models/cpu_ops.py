@@ -71,17 +71,18 @@ def _dense_matmul_bwd(
 ) -> tuple[Array, Array]:
     del float32_sums  # the cotangent is rounded to the operands' dtype either way
     x, kernel = residuals
-    g2 = g.reshape(-1, g.shape[-1]).astype(x.dtype)
+    g = g.astype(x.dtype)
+    g2 = g.reshape(-1, g.shape[-1])
     x2 = x.reshape(-1, x.shape[-1])
     if not (_narrow(x) and x.ndim >= 3):
         d_kernel = _dot("ni,no->io", x2, g2, kernel.dtype)
     elif _cheaper_to_transpose_the_cotangent(*x2.shape, g2.shape[-1]):
         # A narrow kernel (LoRA's A: out = rank): transpose the small cotangent instead.
-        d_kernel_t = _pinned(_dot("on,ni->oi", _features_first(g.astype(x.dtype)), x2))
+        d_kernel_t = _pinned(_dot("on,ni->oi", _features_first(g), x2))
         d_kernel = d_kernel_t.T.astype(kernel.dtype)
     else:
         d_kernel = _dot("in,no->io", _features_first(x), g2, kernel.dtype)
-    d_x = _dot("...o,io->...i", g.astype(x.dtype), kernel, x.dtype)
+    d_x = _dot("...o,io->...i", g, kernel, x.dtype)
     return d_x, d_kernel
 
 

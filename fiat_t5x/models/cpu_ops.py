@@ -50,24 +50,33 @@ def dense_matmul(x: Array, kernel: Array, float32_sums: bool = False) -> Array:
     (the MLP's activation, LoRA's addition) then reads them and rounds once: XLA:CPU cannot
     fold the rounding into the library dot, so rounding here costs a pass of its own, and bf16
     elementwise arithmetic on the CPU rounds after every operation.
+
+    An `x` wider than the kernel (a norm's or the MLP activation's fp32 output, bf16 kernels) is
+    rounded to the kernel's dtype here, and its gradient leaves as the backward product's fp32
+    sums, unrounded, for the same reason the other way round: the norm's or the activation's
+    backward reads them, where a bf16 gradient cost a rounding pass over the library dot's
+    output (and the several projections of one input added their gradients in bf16).
     """
-    return _dense_matmul(x, kernel, float32_sums)
+    return _dense_matmul(x, kernel, float32_sums, jnp.dtype(x.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_matmul(x: Array, kernel: Array, float32_sums: bool) -> Array:
-    return _dense_matmul_fwd(x, kernel, float32_sums)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense_matmul(x: Array, kernel: Array, float32_sums: bool, x_dtype: jnp.dtype) -> Array:
+    return _dense_matmul_fwd(x, kernel, float32_sums, x_dtype)[0]
 
 
 def _dense_matmul_fwd(
-    x: Array, kernel: Array, float32_sums: bool
+    x: Array, kernel: Array, float32_sums: bool, x_dtype: jnp.dtype
 ) -> tuple[Array, tuple[Array, Array]]:
+    del x_dtype  # the backward's: the dtype of the input gradient
+    if wider(x.dtype, kernel.dtype):
+        x = x.astype(kernel.dtype)
     out = _dot("...i,io->...o", x, kernel, jnp.float32 if float32_sums else None)
     return out, (x, kernel)
 
 
 def _dense_matmul_bwd(
-    float32_sums: bool, residuals: tuple[Array, Array], g: Array
+    float32_sums: bool, x_dtype: jnp.dtype, residuals: tuple[Array, Array], g: Array
 ) -> tuple[Array, Array]:
     del float32_sums  # the cotangent is rounded to the operands' dtype either way
     x, kernel = residuals
@@ -82,8 +91,13 @@ def _dense_matmul_bwd(
         d_kernel = d_kernel_t.T.astype(kernel.dtype)
     else:
         d_kernel = _dot("in,no->io", _features_first(x), g2, kernel.dtype)
-    d_x = _dot("...o,io->...i", g, kernel, x.dtype)
+    d_x = _dot("...o,io->...i", g, kernel, x_dtype)
     return d_x, d_kernel
+
+
+def wider(dtype: jnp.dtype, than: jnp.dtype) -> bool:
+    """Whether `dtype` has more bits than `than` (fp32 against bf16)."""
+    return jnp.dtype(dtype).itemsize > jnp.dtype(than).itemsize
 
 
 def _cheaper_to_transpose_the_cotangent(tokens: int, features_in: int, features_out: int) -> bool:

@@ -27,6 +27,7 @@ from fiat_t5x.models.cpu_ops import (
     attention_scores,
     dense_matmul,
     softmax_fused_backward,
+    wider,
 )
 from fiat_t5x.models.lora import LoraConfig, lora_a_init, targets_module
 from fiat_t5x.models.remat import ATTENTION_CONTEXT, ATTENTION_LOGITS, PROJECTION
@@ -62,9 +63,14 @@ def matmul(x: Array, kernel: Array, *, custom_backward: bool, float32_sums: bool
 
 
 class RMSNorm(nn.Module):
-    """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, computed in fp32. [..., embed]."""
+    """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, computed in fp32. [..., embed].
+
+    `float32_output` hands on the fp32 result unrounded, for projections on the CPU path that
+    round their input themselves and return its gradient in fp32 (`cpu_ops.dense_matmul`).
+    """
 
     epsilon: float = 1e-6
+    float32_output: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -79,7 +85,8 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.epsilon)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        y = y * scale.astype(jnp.float32)
+        return y if self.float32_output else y.astype(self.dtype)
 
 
 def relative_position_bucket(
@@ -203,7 +210,10 @@ class DenseProjection(nn.Module):
             self.param_dtype,
         )
         mm = functools.partial(matmul, custom_backward=self.custom_backward)
-        x = x.astype(self.dtype)
+        # On the CPU path a wider x (a norm's or the activation's fp32 output) goes in as it is:
+        # the product rounds it and returns its gradient unrounded (`cpu_ops.dense_matmul`).
+        if not (self.custom_backward and wider(x.dtype, self.dtype)):
+            x = x.astype(self.dtype)
         y = mm(x, kernel.astype(self.dtype), float32_sums=True)
         if self.lora is not None and targets_module(self.lora, self.scope.path, self.stack_depth):
             a = self.param(
@@ -459,7 +469,8 @@ class MlpBlock(nn.Module):
             )
             h = _ACTIVATIONS[activation](h)
             hidden = h if hidden is None else hidden * h
-        hidden = hidden.astype(self.dtype)
+        if not self.custom_backward:  # on the CPU path `wo` rounds it (`cpu_ops.dense_matmul`)
+            hidden = hidden.astype(self.dtype)
         hidden = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic
         )

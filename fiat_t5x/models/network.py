@@ -78,9 +78,11 @@ class _Block(nn.Module):
     def param_dtype(self) -> Any:
         return as_dtype(self.config.param_dtype)
 
-    def norm(self, name: str) -> RMSNorm:
+    def norm(self, name: str, *, feeds_projections: bool = True) -> RMSNorm:
+        """An RMSNorm; on the CPU path one that feeds projections hands them its fp32 output."""
         return RMSNorm(
             epsilon=self.config.layer_norm_epsilon,
+            float32_output=feeds_projections and self.config.custom_matmul_backward,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
@@ -243,7 +245,7 @@ class Encoder(_Block):
             self.shared_relpos_table(),
             deterministic=deterministic,
         )
-        x = self.norm("encoder_norm")(x)
+        x = self.norm("encoder_norm", feeds_projections=False)(x)
         return act.constrain(self.dropout(x, deterministic), RESIDUAL_AXES)
 
 

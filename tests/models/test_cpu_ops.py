@@ -5,7 +5,10 @@ each dot takes its bf16 operands to an fp32 sum and rounds once, which is exactl
 fp32 copies of the operands, rounded; the compiled CPU step keeps those dots in bf16 (XLA:CPU
 rewrites a bf16 -> bf16 dot to an fp32 dot, and that was the whole bf16 slowdown on the CPU).
 Where the next elementwise work reads a projection (the MLP's gated activation, LoRA's
-addition), the CPU path hands it the fp32 sums and rounds once after that work.
+addition), the CPU path hands it the fp32 sums and rounds once after that work; the other way
+round, a projection takes its input's fp32 values (a norm's, the activation's), rounds them
+itself and returns their gradient as fp32 sums. A whole bf16 model's LoRA gradients on the CPU
+path are therefore at least as close to fp32 as the accelerator path's.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fiat_t5x.models import cpu_ops, layers
+from fiat_t5x.models import cpu_ops, layers, presets
+from fiat_t5x.models.checkpoints import flatten, unflatten
 from fiat_t5x.models.lora import LoraConfig
+from fiat_t5x.models.model import EncoderDecoderModel
+from tests.models.conftest import make_batch
 
 B, L, K, H, D = 2, 5, 7, 3, 4  # batch, query length, key length, heads, head dim
 
@@ -147,6 +153,76 @@ def test_float32_sums_are_the_unrounded_product_and_leave_the_gradients_as_they_
     for got, want in zip(grads, rounded_grads, strict=True):
         assert got.dtype == jnp.bfloat16
         np.testing.assert_array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
+
+
+def test_a_wider_input_is_rounded_inside_and_gets_its_gradient_unrounded():
+    """A norm's fp32 output into a bf16 projection: value and kernel gradient are the rounded
+    input's; the input gradient is the backward product's fp32 sum, with no rounding."""
+    x = _normal(0, (B, L, 6))
+    w = _normal(1, (6, 4), jnp.bfloat16)
+    cotangent = _normal(9, (B, L, 4), jnp.bfloat16)
+    out, (d_x, d_w) = _value_and_vjp(cpu_ops.dense_matmul, [x, w], cotangent)
+    narrow = x.astype(jnp.bfloat16)
+    want, (rounded_d_x, want_d_w) = _value_and_vjp(cpu_ops.dense_matmul, [narrow, w], cotangent)
+    assert out.dtype == jnp.bfloat16 and d_w.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out.astype(jnp.float32), want.astype(jnp.float32))
+    np.testing.assert_array_equal(d_w.astype(jnp.float32), want_d_w.astype(jnp.float32))
+    assert d_x.dtype == jnp.float32
+    wide = jnp.matmul(cotangent.astype(jnp.float32), w.astype(jnp.float32).T)
+    np.testing.assert_allclose(d_x, wide, rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(np.asarray(d_x), np.asarray(rounded_d_x.astype(jnp.float32)))
+
+
+LORA_QV = LoraConfig(rank=4, alpha=8.0, targets=("query", "value"))
+
+
+def _bf16_lora_run(matmul_backward: str, dtype: str = "bfloat16"):
+    """Loss and LoRA gradients of the micro model (LoRA B non-zero, so both factors get
+    gradients), and the dtype each RMSNorm hands on."""
+    config = presets.micro(dtype=dtype, matmul_backward=matmul_backward)
+    model = EncoderDecoderModel(config, LORA_QV)
+    params = model.init_params(jax.random.PRNGKey(0))
+    params = {
+        path: v + 0.05 * _normal(i, v.shape) if path.endswith("lora_b") else v
+        for i, (path, v) in enumerate(flatten(params).items())
+    }
+    params = unflatten(params)
+    batch = make_batch(np.random.default_rng(1), batch_size=4, encoder_length=24)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: model.loss(p, batch)[0]))(params)
+    _, state = jax.eval_shape(
+        lambda p: model.module.apply(
+            {"params": p},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            capture_intermediates=lambda module, _: isinstance(module, layers.RMSNorm),
+        ),
+        params,
+    )
+    norm_dtypes = {
+        path.removesuffix("/__call__"): str(out[0].dtype)
+        for path, out in flatten(state["intermediates"]).items()
+    }
+    lora_grads = {k: np.asarray(g, np.float32) for k, g in flatten(grads).items() if "lora" in k}
+    return float(loss), lora_grads, norm_dtypes
+
+
+def test_bf16_cpu_path_hands_norms_fp32_to_projections_and_keeps_lora_gradients_close():
+    ref_loss, ref, _ = _bf16_lora_run("custom", dtype="float32")
+    errors, norms = {}, {}
+    for backward in ("custom", "autodiff"):
+        loss, grads, norms[backward] = _bf16_lora_run(backward)
+        assert abs(loss - ref_loss) < 1e-3 * ref_loss, backward
+        assert sorted(grads) == sorted(ref)
+        diff = sum(np.sum((grads[k] - ref[k]) ** 2) for k in ref)
+        errors[backward] = float(np.sqrt(diff / sum(np.sum(ref[k] ** 2) for k in ref)))
+    # The norms inside the layers feed projections: fp32 on the CPU path; the encoder's output
+    # (cached for decoding) stays in the compute dtype, as everything does on accelerators.
+    assert set(norms["autodiff"].values()) == {"bfloat16"}
+    cpu = norms["custom"]
+    assert cpu.pop("encoder/encoder_norm") == "bfloat16"
+    assert any("pre_mlp_layer_norm" in k for k in cpu) and set(cpu.values()) == {"float32"}
+    # Fewer roundings: the CPU path's bf16 gradients are no further from fp32's.
+    assert errors["custom"] < 0.05 and errors["custom"] <= errors["autodiff"], errors
 
 
 @pytest.mark.skipif(

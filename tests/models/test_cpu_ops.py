@@ -176,8 +176,8 @@ def test_a_wider_input_is_rounded_inside_and_gets_its_gradient_unrounded():
 LORA_QV = LoraConfig(rank=4, alpha=8.0, targets=("query", "value"))
 
 
-def _bf16_lora_run(matmul_backward: str, dtype: str = "bfloat16"):
-    """Loss and LoRA gradients of the micro model (LoRA B non-zero, so both factors get
+def _micro_lora_run(matmul_backward: str, dtype: str = "bfloat16"):
+    """Loss and LoRA gradients of the micro model in `dtype` (LoRA B non-zero, so both factors get
     gradients), and the dtype each RMSNorm hands on."""
     config = presets.micro(dtype=dtype, matmul_backward=matmul_backward)
     model = EncoderDecoderModel(config, LORA_QV)
@@ -207,10 +207,10 @@ def _bf16_lora_run(matmul_backward: str, dtype: str = "bfloat16"):
 
 
 def test_bf16_cpu_path_hands_norms_fp32_to_projections_and_keeps_lora_gradients_close():
-    ref_loss, ref, _ = _bf16_lora_run("custom", dtype="float32")
+    ref_loss, ref, _ = _micro_lora_run("custom", dtype="float32")
     errors, norms = {}, {}
     for backward in ("custom", "autodiff"):
-        loss, grads, norms[backward] = _bf16_lora_run(backward)
+        loss, grads, norms[backward] = _micro_lora_run(backward)
         assert abs(loss - ref_loss) < 1e-3 * ref_loss, backward
         assert sorted(grads) == sorted(ref)
         diff = sum(np.sum((grads[k] - ref[k]) ** 2) for k in ref)
